@@ -1,0 +1,80 @@
+"""Benchmark: `vitlab train` with no arguments, end to end, timed with its peak memory.
+
+Runs the command exactly as a user types it (in a temporary folder), then records wall-clock
+time, peak resident memory of the process, test accuracy per epoch and the final accuracy in
+benchmarks/results/mnist_default.md.
+
+    python benchmarks/mnist_default.py
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS, machine_line, today
+
+TARGET_SECONDS = 600
+TARGET_ACCURACY = 0.992
+PEAK_MEMORY_LIMIT_MB = 2048
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="vitlab-bench-"))
+    vitlab = shutil.which("vitlab") or "vitlab"
+    started = time.perf_counter()
+    completed = subprocess.run([vitlab, "train", "--quiet"], cwd=workdir, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        print(completed.stderr, file=sys.stderr)
+        return 1
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
+    run_dir = next((workdir / "runs").iterdir())
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = epochs[-1]["test_accuracy"]
+    config = (run_dir / "config.yaml").read_text()
+
+    verdict_time = "met" if wall <= TARGET_SECONDS else "MISSED"
+    verdict_acc = "met" if final >= TARGET_ACCURACY else "MISSED"
+    verdict_mem = "met" if peak_mb < PEAK_MEMORY_LIMIT_MB else "MISSED"
+    rows = "\n".join(
+        f"| {e['epoch']} | {e['train_loss']:.4f} | {e['test_accuracy']:.2%} | {e['images_per_second']:,.0f} | {e['seconds']:.1f} |"
+        for e in epochs
+    )
+    report = f"""# `vitlab train` with no arguments (MNIST, default preset)
+
+- Command: `python benchmarks/mnist_default.py` (runs `vitlab train --quiet` in a fresh folder)
+- Machine: {machine_line()}
+- Date: {today()}
+
+| figure | measured | target | |
+| --- | --- | --- | --- |
+| wall-clock time of the whole command | {wall:.0f} s | at most {TARGET_SECONDS} s | {verdict_time} |
+| final MNIST test accuracy (10,000 images) | {final:.2%} | at least {TARGET_ACCURACY:.1%} | {verdict_acc} |
+| peak resident memory | {peak_mb:,.0f} MB | under {PEAK_MEMORY_LIMIT_MB} MB | {verdict_mem} |
+
+| epoch | train loss | test accuracy | train images/s | epoch seconds (with eval) |
+| --- | --- | --- | --- | --- |
+{rows}
+
+Resolved config of the run:
+
+```yaml
+{config.strip()}
+```
+"""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "mnist_default.md").write_text(report)
+    print(report)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

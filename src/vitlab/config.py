@@ -1,0 +1,287 @@
+"""Run configuration: model, data and training settings as plain dataclasses, with YAML in/out.
+
+A run is fully described by a `RunConfig`; the resolved one is saved beside every run's outputs.
+Overrides on the command line are `section.key=value` (or a bare `key=value` when the key
+name is unique across sections); values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitlab.errors import ConfigError
+
+POSENC_CHOICES = ("learned", "sincos1d", "sincos2d", "none")
+POOL_CHOICES = ("cls", "mean", "map")
+HEAD_CHOICES = ("linear", "mlp")
+ATTENTION_CHOICES = ("auto", "manual", "sdpa")
+OPTIMIZER_CHOICES = ("adamw", "adam")
+PRECISION_CHOICES = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a ViT; every option is a plain value so it round-trips through YAML/JSON."""
+
+    img_size: int = 28
+    in_channels: int = 1
+    num_classes: int = 10
+    patch_size: int = 7
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    posenc: str = "learned"
+    pool: str = "cls"
+    head: str = "linear"
+    head_hidden_dim: int = 0  # 0 means embed_dim; only used by head="mlp"
+    qkv_bias: bool = True
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    pad_to_patch: bool = False
+    attention: str = "auto"
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side after optional padding."""
+        return math.ceil(self.img_size / self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens."""
+        return self.grid_size**2
+
+    @property
+    def mlp_dim(self) -> int:
+        """Hidden width of each block's MLP."""
+        return int(round(self.embed_dim * self.mlp_ratio))
+
+    def validate(self) -> None:
+        """Raise ConfigError for any configuration that cannot be built."""
+        _check_choice("model.posenc", self.posenc, POSENC_CHOICES)
+        _check_choice("model.pool", self.pool, POOL_CHOICES)
+        _check_choice("model.head", self.head, HEAD_CHOICES)
+        _check_choice("model.attention", self.attention, ATTENTION_CHOICES)
+        for name in ("img_size", "in_channels", "num_classes", "patch_size", "embed_dim", "depth", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"model.mlp_ratio must be positive, got {self.mlp_ratio}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
+                "pick a head count that divides the width"
+            )
+        if self.posenc == "sincos2d" and self.embed_dim % 4:
+            raise ConfigError(f"posenc=sincos2d needs model.embed_dim divisible by 4, got {self.embed_dim}")
+        if self.posenc == "sincos1d" and self.embed_dim % 2:
+            raise ConfigError(f"posenc=sincos1d needs an even model.embed_dim, got {self.embed_dim}")
+        if self.patch_size > self.img_size:
+            raise ConfigError(f"model.patch_size={self.patch_size} is larger than model.img_size={self.img_size}")
+        if self.img_size % self.patch_size and not self.pad_to_patch:
+            raise ConfigError(
+                f"model.img_size={self.img_size} is not a multiple of model.patch_size={self.patch_size}; "
+                "set model.pad_to_patch=true to pad the image, or change one of them"
+            )
+        for name in ("dropout", "attention_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class DataConfig:
+    """Which data set to train on and how batches are prepared."""
+
+    dataset: str = "mnist"
+    data_dir: str = ""  # empty means the packaged copy / default cache
+    train_subset: int = 0  # 0 means the whole training split; otherwise the first N (for quick runs)
+    test_subset: int = 0
+    augment: bool = True
+    rotate_degrees: float = 10.0
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    translate: float = 0.1  # fraction of the image size
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot be used."""
+        if self.train_subset < 0 or self.test_subset < 0:
+            raise ConfigError("data.train_subset and data.test_subset must be 0 (all) or positive")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError("data.scale_min must be positive and at most data.scale_max")
+        if not 0 <= self.translate < 0.5:
+            raise ConfigError(f"data.translate must be in [0, 0.5), got {self.translate}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision and bookkeeping of a training run."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: str = "auto"
+    device: str = "auto"
+    threads: int = 0  # 0 means one per available core
+    seed: int = 0
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot be used."""
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZER_CHOICES)
+        _check_choice("train.precision", self.precision, PRECISION_CHOICES)
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("train.batch_size and train.eval_batch_size must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs < 0 or self.grad_clip < 0 or self.threads < 0:
+            raise ConfigError("train.warmup_epochs, train.grad_clip and train.threads must not be negative")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as config.yaml in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""
+
+    def validate(self) -> RunConfig:
+        """Validate every section and return self."""
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, suitable for YAML or JSON."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """Build from a nested dict, refusing unknown sections or keys."""
+        if not isinstance(raw, dict):
+            raise ConfigError("a config must be a mapping with sections model, data and train")
+        unknown = set(raw) - {"model", "data", "train", "preset"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; use model, data, train")
+        return cls(
+            model=section_from_dict(ModelConfig, raw.get("model") or {}, "model"),
+            data=section_from_dict(DataConfig, raw.get("data") or {}, "data"),
+            train=section_from_dict(TrainConfig, raw.get("train") or {}, "train"),
+            preset=str(raw.get("preset") or ""),
+        )
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
+    """Convert a YAML value to the field's type, with a clear error when it cannot be."""
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    name = f"{section}.{f.name}"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    return "" if value is None else str(value)
+
+
+def section_from_dict(cls: type, raw: dict[str, Any], section: str) -> Any:
+    """Build one config section, refusing unknown keys by name."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {section} key(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return cls(**{k: _coerce(section, known[k], v) for k, v in raw.items()})
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `section.key=value` or unique bare `key=value` strings to a config."""
+    raw = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        section, name = _resolve_key(key.strip())
+        raw[section][name] = value
+    return RunConfig.from_dict(raw)
+
+
+def _resolve_key(key: str) -> tuple[str, str]:
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown config section {section!r} in {key!r}; use model, data or train")
+        if name not in {f.name for f in fields(_SECTIONS[section])}:
+            raise ConfigError(f"unknown config key {key!r}")
+        return section, name
+    owners = [s for s, cls in _SECTIONS.items() if key in {f.name for f in fields(cls)}]
+    if not owners:
+        raise ConfigError(f"unknown config key {key!r}")
+    if len(owners) > 1:
+        raise ConfigError(f"config key {key!r} is ambiguous; write one of {', '.join(f'{s}.{key}' for s in owners)}")
+    return owners[0], key
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with one-line errors for missing or broken files."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping with sections model, data, train")
+    return raw
+
+
+def save_yaml(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,55 @@
+"""Decoding image files of any format, size and mode into the uint8 tensors a model expects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vitlab.errors import ImageError
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer and float images to 8 bits by their value range, not by clipping."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image
+
+
+def convert_image(image: Image.Image, channels: int, size: int) -> torch.Tensor:
+    """A PIL image -> uint8 tensor (channels, size, size): alpha flattened onto black, palette expanded."""
+    image = ImageOps.exif_transpose(image) or image
+    image = _to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    array = np.asarray(image, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
+    """Read an image file into uint8 (channels, size, size), with one-line errors for bad files."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image not found: {path}")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path} is empty")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return convert_image(image, channels, size)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image in a format vitlab can read (PNG, JPEG, BMP, WebP...)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path} is damaged or truncated ({exc})") from None

@@ -1,0 +1,154 @@
+"""Checkpoints as safetensors with their JSON metadata embedded, written atomically.
+
+A checkpoint is one `.safetensors` file whose header metadata holds the model config and
+what inference needs (class names, normalisation). A `.json` copy of that metadata is written
+beside it for people to read; loading uses the embedded copy, so the pair can never disagree
+about which weights belong to which config. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from vitlab.config import ModelConfig, section_from_dict
+from vitlab.errors import CheckpointError, ConfigError
+from vitlab.models.vit import ViT
+
+FORMAT = "vitlab-checkpoint"
+RESUME_FORMAT = "vitlab-resume"
+FORMAT_VERSION = 1
+METADATA_KEY = "vitlab"
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temporary file in the same folder, flush it to disk, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], kind: str = FORMAT) -> None:
+    """Save named tensors and a JSON-able metadata dict (tagged with its `kind`) as one safetensors file, atomically."""
+    metadata = {"format": kind, **metadata}
+    plain = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
+    payload = save_safetensors_bytes(plain, metadata={METADATA_KEY: json.dumps(metadata)})
+    atomic_write_bytes(path, payload)
+
+
+def load_tensors(path: Path, expected_format: str = FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file written by `save_tensors`: its tensors and its metadata."""
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    try:
+        tensors = load_safetensors_bytes(payload)
+        header_len = int.from_bytes(payload[:8], "little")
+        header = json.loads(payload[8 : 8 + header_len])
+        metadata = json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "null"))
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != expected_format:
+        raise CheckpointError(f"{path} is a safetensors file but not a {expected_format} file")
+    return tensors, metadata
+
+
+def save_checkpoint(path: Path, model: ViT, info: dict[str, Any]) -> None:
+    """Save model weights with its config and `info` (class names, normalisation, metrics...)."""
+    metadata = {
+        "version": FORMAT_VERSION,
+        "architecture": "vit",
+        "model": _config_dict(model.config),
+        **info,
+    }
+    save_tensors(path, model.state_dict(), metadata)
+    sidecar = {"format": FORMAT, **metadata}
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+
+
+def _config_dict(config: ModelConfig) -> dict[str, Any]:
+    return {key: getattr(config, key) for key in config.__dataclass_fields__}
+
+
+def model_config_from_metadata(metadata: dict[str, Any], source: Path) -> ModelConfig:
+    """The ModelConfig stored in a checkpoint, refusing unknown architectures or keys."""
+    if metadata.get("architecture") != "vit":
+        raise CheckpointError(f"{source} holds a {metadata.get('architecture')!r} model, not a vit")
+    try:
+        config = section_from_dict(ModelConfig, metadata.get("model") or {}, "model")
+        config.validate()
+    except ConfigError as exc:
+        raise CheckpointError(f"{source}: stored config is invalid: {exc}") from None
+    return config
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights, explaining any missing, unexpected or mis-shaped tensor in one line."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = [
+        f"{name} {tuple(state[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in sorted(set(expected) & set(state))
+        if state[name].shape != expected[name].shape
+    ]
+    if missing or unexpected or mis_shaped:
+        parts = []
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
+            if names:
+                parts.append(
+                    f"{label}: {', '.join(names[:3])}" + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+                )
+        raise CheckpointError(f"{source}: weights do not match its config ({'; '.join(parts)})")
+    model.load_state_dict(state)
+
+
+def load_checkpoint(path: str | Path) -> tuple[ViT, dict[str, Any]]:
+    """Build the model a checkpoint (or run directory) describes and load its weights."""
+    path = resolve_checkpoint(path)
+    tensors, metadata = load_tensors(path)
+    model = ViT(model_config_from_metadata(metadata, path))
+    load_state_strict(model, tensors, path)
+    model.eval()
+    return model, metadata
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its best checkpoint (else last); a .json sidecar means its .safetensors."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best", "last"):
+            candidate = path / "checkpoints" / f"{name}.safetensors"
+            if candidate.exists():
+                return candidate
+        raise CheckpointError(
+            f"{path} is a folder with no checkpoints/best.safetensors or checkpoints/last.safetensors"
+        )
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path

@@ -1,0 +1,96 @@
+"""Evaluation: accuracy, loss, top-k, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitlab.data.tensors import to_model_input
+from vitlab.engine.runtime import autocast, evaluation_mode
+
+
+@dataclass
+class EvalResult:
+    """Scores of a model on one labelled split."""
+
+    accuracy: float
+    loss: float
+    top5_accuracy: float
+    per_class_accuracy: list[float]
+    confusion: torch.Tensor  # (true, predicted) counts
+    num_examples: int
+
+    def to_dict(self, class_names: Sequence[str] | None = None) -> dict:
+        """JSON-able summary; per-class accuracy keyed by class name when names are given."""
+        names = list(class_names) if class_names else [str(i) for i in range(len(self.per_class_accuracy))]
+        return {
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "top5_accuracy": self.top5_accuracy,
+            "num_examples": self.num_examples,
+            "per_class_accuracy": dict(zip(names, self.per_class_accuracy)),
+        }
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 1000,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """fp32 logits for uint8 (or [0, 1] float) images, in batches, on the model's device."""
+    device = device or next(model.parameters()).device
+    config = model.config
+    outputs = []
+    with evaluation_mode(model):
+        for start in range(0, len(images), batch_size):
+            batch = to_model_input(
+                images[start : start + batch_size].to(device), mean, std, config.img_size, config.in_channels
+            )
+            with autocast(device, dtype):
+                outputs.append(model(batch).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, config.num_classes)
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 1000,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> EvalResult:
+    """Score a model on labelled uint8 images."""
+    logits = predict_logits(model, images, mean=mean, std=std, batch_size=batch_size, device=device, dtype=dtype)
+    return scores_from_logits(logits, labels)
+
+
+def scores_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult:
+    """Accuracy, mean cross-entropy, top-5, per-class accuracy and confusion matrix from logits."""
+    num_classes = logits.shape[1]
+    labels = labels.to(logits.device)
+    predicted = logits.argmax(dim=1)
+    confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, -1)
+    per_class_total = confusion.sum(dim=1).clamp(min=1)
+    k = min(5, num_classes)
+    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+    return EvalResult(
+        accuracy=(predicted == labels).float().mean().item(),
+        loss=F.cross_entropy(logits, labels).item(),
+        top5_accuracy=top5,
+        per_class_accuracy=(confusion.diag() / per_class_total).tolist(),
+        confusion=confusion,
+        num_examples=len(labels),
+    )

@@ -1,0 +1,316 @@
+"""The training loop: data on the device, AdamW, warm-up + cosine, bf16 autocast, checkpoints, resume.
+
+A run directory holds `config.yaml` (the resolved config), `metrics.jsonl` (one line per
+epoch) and `checkpoints/` (`last` and `best` for inference, `resume` for continuing). Every
+epoch reseeds from (seed, epoch), so a resumed run continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitlab.config import RunConfig, load_yaml, save_yaml
+from vitlab.data.augment import random_affine
+from vitlab.data.sources import ImageDataset, dataset_info, load_split
+from vitlab.data.tensors import batch_indices, num_batches, to_model_input
+from vitlab.engine.checkpoint import RESUME_FORMAT, load_state_strict, load_tensors, save_checkpoint, save_tensors
+from vitlab.engine.evaluate import EvalResult, evaluate
+from vitlab.engine.runtime import autocast, autocast_dtype, configure_threads, resolve_device
+from vitlab.engine.schedule import warmup_cosine
+from vitlab.errors import CheckpointError, ConfigError
+from vitlab.models.vit import ViT
+
+
+@dataclass
+class EpochStats:
+    """What one epoch of training measured."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    lr: float
+    seconds: float
+    images_per_second: float
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished run."""
+
+    run_dir: Path
+    history: list[EpochStats] = field(default_factory=list)
+    best_accuracy: float = 0.0
+    final: EvalResult | None = None
+    seconds: float = 0.0
+
+
+# A progress callback receives (epoch, step, steps_per_epoch, running stats dict).
+ProgressCallback = Callable[[int, int, int, dict[str, float]], None]
+EpochCallback = Callable[[EpochStats], None]
+
+
+def build_optimizer(model: ViT, config: RunConfig) -> torch.optim.Optimizer:
+    """AdamW (or Adam) with no weight decay on biases, norms, tokens and position tables."""
+    skip = model.no_weight_decay()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=config.train.lr, betas=(config.train.beta1, config.train.beta2), foreach=True)
+
+
+class Trainer:
+    """Owns one run: its data, model, optimiser, and the run directory it writes."""
+
+    def __init__(self, config: RunConfig, run_dir: Path) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.train.device)
+        self.dtype = autocast_dtype(config.train.precision, self.device)
+        self.threads = configure_threads(config.train.threads)
+        info = dataset_info(config.data.dataset)
+        self.mean, self.std = info.mean, info.std
+        self.train_set: ImageDataset = load_split(info.name, "train", config.data.data_dir).subset(
+            config.data.train_subset
+        )
+        self.test_set: ImageDataset = load_split(info.name, "test", config.data.data_dir).subset(
+            config.data.test_subset
+        )
+        if config.model.num_classes != len(info.class_names):
+            raise ConfigError(
+                f"model.num_classes={config.model.num_classes} but {info.name} has {len(info.class_names)} classes"
+            )
+        self.class_names = info.class_names
+        torch.manual_seed(config.train.seed)
+        self.model = ViT(config.model).to(self.device)
+        self.model.set_attention_kernel(self.device.type)
+        self.optimizer = build_optimizer(self.model, config)
+        self.steps_per_epoch = num_batches(len(self.train_set), config.train.batch_size, drop_last=True)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size={config.train.batch_size} is larger than the {len(self.train_set)} training images"
+            )
+        self.start_epoch = 0
+        self.best_accuracy = -1.0
+        # Kept on the device once, so each batch is an index into memory, not a Python loop.
+        self.train_images = self.train_set.images.to(self.device)
+        self.train_labels = self.train_set.labels.to(self.device)
+
+    # ----- run directory --------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def checkpoint_info(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """What inference needs besides the weights, plus where the checkpoint came from."""
+        return {
+            "dataset": self.config.data.dataset,
+            "class_names": list(self.class_names),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "preset": self.config.preset,
+            "epoch": epoch,
+            "metrics": metrics,
+        }
+
+    def save_resume_state(self, epoch: int) -> None:
+        """Weights, optimiser state and position in one file, so a resume never mixes epochs."""
+        tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
+        optimizer_state = self.optimizer.state_dict()
+        for index, state in optimizer_state["state"].items():
+            for key, value in state.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
+        groups = [{k: v for k, v in group.items()} for group in optimizer_state["param_groups"]]
+        metadata = {
+            "epoch": epoch,
+            "best_accuracy": self.best_accuracy,
+            "param_groups": groups,
+        }
+        save_tensors(self.checkpoint_dir / "resume.safetensors", tensors, metadata, RESUME_FORMAT)
+
+    def load_resume_state(self) -> None:
+        """Continue from the last completed epoch recorded in checkpoints/resume.safetensors."""
+        path = self.checkpoint_dir / "resume.safetensors"
+        if not path.exists():
+            raise CheckpointError(f"{self.run_dir} has no checkpoints/resume.safetensors to resume from")
+        tensors, metadata = load_tensors(path, expected_format=RESUME_FORMAT)
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        load_state_strict(self.model, model_state, path)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value.to(self.device) if name != "step" else value
+        groups = metadata["param_groups"]
+        for group in groups:
+            group["betas"] = tuple(group["betas"])
+        try:
+            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: optimiser state does not match this model ({exc})") from None
+        self.start_epoch = int(metadata["epoch"])
+        self.best_accuracy = float(metadata["best_accuracy"])
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def train_batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[float, int]:
+        """One optimiser step; returns (summed loss, correct predictions) over the batch."""
+        cfg = self.config
+        images = self.train_images[indices].float().div_(255.0)
+        labels = self.train_labels[indices]
+        if cfg.data.augment:
+            images = random_affine(
+                images,
+                degrees=cfg.data.rotate_degrees,
+                scale=(cfg.data.scale_min, cfg.data.scale_max),
+                translate=cfg.data.translate,
+                generator=generator,
+            )
+        inputs = to_model_input(images, self.mean, self.std, cfg.model.img_size, cfg.model.in_channels)
+        with autocast(self.device, self.dtype):
+            logits = self.model(inputs)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        correct = (logits.argmax(dim=1) == labels).sum()
+        return loss.item() * len(labels), int(correct)
+
+    def run(self, on_progress: ProgressCallback | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+        """Train from start_epoch to the configured number of epochs, evaluating after each."""
+        cfg = self.config
+        total_steps = cfg.train.epochs * self.steps_per_epoch
+        warmup_steps = int(round(cfg.train.warmup_epochs * self.steps_per_epoch))
+        result = TrainResult(run_dir=self.run_dir, history=read_metrics(self.run_dir))
+        started = time.perf_counter()
+        self.model.train()
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            # Reseed per epoch: the shuffle, augmentation and dropout of epoch e depend only on (seed, e).
+            torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+            generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+            epoch_start = time.perf_counter()
+            loss_sum, correct, seen = 0.0, 0, 0
+            lr = cfg.train.lr
+            batches = batch_indices(
+                len(self.train_set), cfg.train.batch_size, shuffle=True, generator=generator, drop_last=True
+            )
+            for step_in_epoch, indices in enumerate(batches):
+                lr = warmup_cosine(
+                    epoch * self.steps_per_epoch + step_in_epoch,
+                    total_steps,
+                    warmup_steps,
+                    cfg.train.lr,
+                    cfg.train.min_lr,
+                )
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch_loss, batch_correct = self.train_batch(indices.to(self.device), generator)
+                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(indices)
+                if on_progress is not None:
+                    elapsed = time.perf_counter() - epoch_start
+                    on_progress(
+                        epoch,
+                        step_in_epoch + 1,
+                        self.steps_per_epoch,
+                        {
+                            "loss": loss_sum / seen,
+                            "accuracy": correct / seen,
+                            "images_per_second": seen / max(elapsed, 1e-9),
+                        },
+                    )
+            train_seconds = time.perf_counter() - epoch_start
+            scores = self.evaluate()
+            stats = EpochStats(
+                epoch=epoch + 1,
+                train_loss=loss_sum / seen,
+                train_accuracy=correct / seen,
+                test_loss=scores.loss,
+                test_accuracy=scores.accuracy,
+                lr=lr,
+                seconds=time.perf_counter() - epoch_start,
+                images_per_second=seen / train_seconds,
+            )
+            self.finish_epoch(stats)
+            result.history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+        result.final = self.evaluate()
+        result.best_accuracy = max(self.best_accuracy, 0.0)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def evaluate(self) -> EvalResult:
+        """Score the current weights on the test split."""
+        return evaluate(
+            self.model,
+            self.test_set.images,
+            self.test_set.labels,
+            mean=self.mean,
+            std=self.std,
+            batch_size=self.config.train.eval_batch_size,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    def finish_epoch(self, stats: EpochStats) -> None:
+        """Record metrics, then write last (and best) checkpoints, then the resume state."""
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(stats.__dict__) + "\n")
+        metrics = {"test_accuracy": stats.test_accuracy, "test_loss": stats.test_loss}
+        info = self.checkpoint_info(stats.epoch, metrics)
+        save_checkpoint(self.checkpoint_dir / "last.safetensors", self.model, info)
+        if stats.test_accuracy > self.best_accuracy:
+            self.best_accuracy = stats.test_accuracy
+            save_checkpoint(self.checkpoint_dir / "best.safetensors", self.model, info)
+        self.save_resume_state(stats.epoch)
+
+
+def read_metrics(run_dir: Path) -> list[EpochStats]:
+    """The epochs recorded in run_dir/metrics.jsonl (empty for a new run)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [EpochStats(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Create a fresh run directory and save the resolved config in it."""
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or pick another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / "config.yaml")
+
+
+def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:
+    """A Trainer that continues the run in run_dir from its last completed epoch."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = RunConfig.from_dict(load_yaml(config_path)).validate()
+    if epochs is not None:
+        config.train.epochs = epochs
+        save_yaml(config, config_path)
+    trainer = Trainer(config, run_dir)
+    trainer.load_resume_state()
+    # Lines written after the resume point belong to an epoch that will be trained again.
+    kept = [s for s in read_metrics(run_dir) if s.epoch <= trainer.start_epoch]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(s.__dict__) + "\n" for s in kept))
+    return trainer

@@ -1,0 +1,45 @@
+"""Analytic parameter and FLOP counts of a ViT forward pass, per image.
+
+Counts multiply-accumulates (MACs) of the matrix products, which dominate; FLOPs = 2 x MACs.
+With N patch tokens, T = N (+1 with a class token), width D, MLP width M, patch P, channels C,
+depth L and K classes:
+  patch embedding      N * C * P^2 * D
+  per block            T * 3D^2 (Q, K, V)  +  2 * T^2 * D (QK^T and attention x V)
+                       + T * D^2 (output projection)  +  2 * T * D * M (MLP)
+  attention pooling    D^2 (query) + 2 T D^2 (keys, values) + 2 T D (attend) + D^2 + 2 D M
+  head                 D * K   (MLP head: D * H + H * K)
+Norms, softmax, GELU and additions are left out: they are O(T * D), under 2% for these models.
+A training step costs about 3x the forward FLOPs (forward, and backward for inputs and weights).
+"""
+
+from __future__ import annotations
+
+from vitlab.config import ModelConfig
+
+
+def forward_macs(config: ModelConfig) -> int:
+    """Multiply-accumulates of one image's forward pass."""
+    n = config.num_patches
+    t = n + (1 if config.pool == "cls" else 0)
+    d, m = config.embed_dim, config.mlp_dim
+    macs = n * config.in_channels * config.patch_size**2 * d
+    per_block = t * 3 * d * d + 2 * t * t * d + t * d * d + 2 * t * d * m
+    macs += config.depth * per_block
+    if config.pool == "map":
+        macs += d * d + 2 * t * d * d + 2 * t * d + d * d + 2 * d * m
+    if config.head == "mlp":
+        hidden = config.head_hidden_dim or d
+        macs += d * hidden + hidden * config.num_classes
+    else:
+        macs += d * config.num_classes
+    return macs
+
+
+def forward_flops(config: ModelConfig) -> int:
+    """FLOPs of one image's forward pass (2 per multiply-accumulate)."""
+    return 2 * forward_macs(config)
+
+
+def training_flops(config: ModelConfig) -> int:
+    """FLOPs of one image's training step: forward plus a backward of twice the cost."""
+    return 3 * forward_flops(config)

@@ -1,0 +1,288 @@
+"""The Vision Transformer, top to bottom: patches -> embedding -> position -> encoder -> pooling -> head.
+
+Every option is a string or number in `ModelConfig`; there is one class per building block and
+no copies per variant. `forward(x, return_intermediates=True)` returns a dict of every stage,
+including each layer's attention weights, so explanations need no hooks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitlab.config import ModelConfig
+from vitlab.models.posenc import sincos_1d_table, sincos_2d_table
+
+Intermediates = dict[str, torch.Tensor]
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    use_fused_kernel: bool,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scaled dot-product attention softmax(QK^T / sqrt(d_k)) V over (batch, heads, tokens, head_dim).
+
+    The fused kernel cannot return its weights, so a request for them takes the explicit path,
+    which computes the same function.
+    """
+    if use_fused_kernel and not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    weights = scores.softmax(dim=-1)
+    mixed = F.dropout(weights, dropout_p) if dropout_p else weights
+    return mixed @ v, (weights if need_weights else None)
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop a whole residual branch per sample, rescaling the survivors."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class PatchEmbed(nn.Module):
+    """Split the image into non-overlapping patches and project each to the embedding width.
+
+    A convolution with kernel = stride = patch size is exactly a shared linear map of each
+    flattened patch. Images whose side is not a multiple of the patch are zero-padded on the
+    right and bottom when the config allows it (never cropped).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.padded_size = config.grid_size * config.patch_size
+        self.proj = nn.Conv2d(config.in_channels, config.embed_dim, config.patch_size, stride=config.patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            images = F.pad(images, (0, -width % self.patch_size, 0, -height % self.patch_size))
+        return self.proj(images).flatten(2).transpose(1, 2)  # (batch, patches, dim), row-major
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: fused Q/K/V projection, per-head attention, concatenation, output projection."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.use_fused_kernel = False  # set by ViT from config.attention and the device
+        self.attention_dropout = config.attention_dropout
+        self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.embed_dim, config.embed_dim)
+        self.proj_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out, weights = attend(
+            q,
+            k,
+            v,
+            use_fused_kernel=self.use_fused_kernel,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            need_weights=need_weights,
+        )
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+        return self.proj_drop(self.proj(out)), weights
+
+
+class MLP(nn.Module):
+    """Two linear layers with GELU between, as in every ViT block."""
+
+    def __init__(self, dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block: x + attn(norm(x)), then x + mlp(norm(x)), each branch with drop path."""
+
+    def __init__(self, config: ModelConfig, drop_path_rate: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.attn = SelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.mlp = MLP(config.embed_dim, config.mlp_dim, config.embed_dim, config.dropout)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.norm1(x), need_weights)
+        x = x + drop_path(attended, self.drop_path_rate, self.training)
+        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
+        return x, weights
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling (MAP): a learned query cross-attends to all tokens, then an MLP.
+
+    This is the small decoder head of big_vision's ViT: one query instead of a class token.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.num_heads = config.num_heads
+        self.use_fused_kernel = False
+        self.probe = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = MLP(dim, config.mlp_dim, dim, config.dropout)
+
+    def forward(self, tokens: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, num_tokens, dim = tokens.shape
+        head_dim = dim // self.num_heads
+        q = self.q(self.probe).reshape(1, 1, self.num_heads, head_dim).transpose(1, 2).expand(batch, -1, -1, -1)
+        kv = self.kv(tokens).reshape(batch, num_tokens, 2, self.num_heads, head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        out, weights = attend(q, k, v, use_fused_kernel=self.use_fused_kernel, need_weights=need_weights)
+        pooled = self.proj(out.transpose(1, 2).reshape(batch, 1, dim))
+        pooled = pooled + self.mlp(self.norm(pooled))
+        return pooled[:, 0], weights
+
+
+class ViT(nn.Module):
+    """Vision Transformer classifier built from a `ModelConfig`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        dim = config.embed_dim
+
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.pool == "cls" else None
+        if config.posenc == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches, dim))
+        elif config.posenc == "sincos1d":
+            self.register_buffer("pos_embed", sincos_1d_table(config.num_patches, dim)[None], persistent=False)
+        elif config.posenc == "sincos2d":
+            self.register_buffer("pos_embed", sincos_2d_table(config.grid_size, dim)[None], persistent=False)
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(config.dropout)
+
+        # Stochastic depth grows linearly with depth, as in DeiT.
+        rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attn_pool = AttentionPool(config) if config.pool == "map" else None
+
+        self.head_drop = nn.Dropout(config.dropout)
+        if config.head == "mlp":
+            hidden = config.head_hidden_dim or dim
+            self.head = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, config.num_classes))
+        else:
+            self.head = nn.Linear(dim, config.num_classes)
+        self.reset_parameters()
+        self.set_attention_kernel("auto")
+
+    # ----- set-up -----------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Explicit init: truncated normal (std 0.02) for linear layers and tokens, zero head."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # The patch projection is a linear map of the flattened patch: LeCun-normal-like fan-in init.
+        proj = self.patch_embed.proj
+        nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / proj.weight[0].numel()))
+        nn.init.zeros_(proj.bias)
+        for token in (self.cls_token, self.pos_embed if isinstance(self.pos_embed, nn.Parameter) else None):
+            if token is not None:
+                nn.init.trunc_normal_(token, std=0.02)
+        if self.attn_pool is not None:
+            nn.init.trunc_normal_(self.attn_pool.probe, std=0.02)
+        last = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def set_attention_kernel(self, device_type: str) -> None:
+        """Pick the attention path: config 'manual'/'sdpa', or for 'auto' the fused kernel only on CUDA.
+
+        On CPU the fused kernel's bf16 backward is several times slower than the explicit path.
+        """
+        choice = self.config.attention
+        fused = choice == "sdpa" or (choice == "auto" and device_type == "cuda")
+        for module in self.modules():
+            if isinstance(module, (SelfAttention, AttentionPool)):
+                module.use_fused_kernel = fused
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not be decayed besides biases and norms."""
+        return {name for name, _ in self.named_parameters() if name in ("cls_token", "pos_embed", "attn_pool.probe")}
+
+    # ----- forward pass, stage by stage -------------------------------------------------------
+    def forward_features(self, images: torch.Tensor, intermediates: Intermediates | None = None) -> torch.Tensor:
+        """Images (batch, channels, H, W) -> normalised tokens (batch, tokens, dim)."""
+        record = intermediates.__setitem__ if intermediates is not None else lambda key, value: None
+        x = self.patch_embed(images)
+        record("patches", x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.to(x.dtype)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        record("with_posenc", x)
+        x = self.pos_drop(x)
+        for index, block in enumerate(self.blocks):
+            x, weights = block(x, need_weights=intermediates is not None)
+            record(f"block_{index}", x)
+            if weights is not None:
+                record(f"attention_{index}", weights)
+        x = self.norm(x)
+        record("tokens", x)
+        return x
+
+    def pool(self, tokens: torch.Tensor, intermediates: Intermediates | None = None) -> torch.Tensor:
+        """Tokens -> one vector per image: the class token, the mean token, or attention pooling."""
+        if self.config.pool == "cls":
+            return tokens[:, 0]
+        if self.config.pool == "mean":
+            return tokens.mean(dim=1)
+        pooled, weights = self.attn_pool(tokens, need_weights=intermediates is not None)
+        if intermediates is not None:
+            intermediates["attention_pool"] = weights
+        return pooled
+
+    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled vector -> class logits."""
+        return self.head(self.head_drop(pooled))
+
+    def forward(self, images: torch.Tensor, return_intermediates: bool = False) -> torch.Tensor | Intermediates:
+        """Logits, or with return_intermediates a dict of every stage ending in 'pooled' and 'logits'."""
+        intermediates: Intermediates | None = {} if return_intermediates else None
+        pooled = self.pool(self.forward_features(images, intermediates), intermediates)
+        logits = self.forward_head(pooled)
+        if intermediates is None:
+            return logits
+        intermediates["pooled"] = pooled
+        intermediates["logits"] = logits
+        return intermediates
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (softmax of the logits), computed in fp32."""
+        return self.forward(images).float().softmax(dim=-1)

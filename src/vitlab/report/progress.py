@@ -1,0 +1,71 @@
+"""Console output of a training run: a progress bar with loss, accuracy, images/s and ETA on stderr."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from vitlab.engine.train import EpochStats
+
+
+class TrainingProgress:
+    """A rich progress bar over all steps of a run, plus one printed line per finished epoch."""
+
+    def __init__(self, total_epochs: int, steps_per_epoch: int, start_epoch: int = 0, enabled: bool = True) -> None:
+        self.console = Console(stderr=True)
+        self.total_epochs = total_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.start_epoch = start_epoch
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.4f}  acc {task.fields[accuracy]:.2%}  {task.fields[speed]:,.0f} img/s"
+            ),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not enabled,
+        )
+        self.task = self.progress.add_task(
+            "train",
+            total=(total_epochs - start_epoch) * steps_per_epoch,
+            epoch=start_epoch + 1,
+            epochs=total_epochs,
+            loss=float("nan"),
+            accuracy=0.0,
+            speed=0.0,
+        )
+
+    def __enter__(self) -> TrainingProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.progress.stop()
+
+    def on_step(self, epoch: int, step: int, steps_per_epoch: int, stats: dict[str, float]) -> None:
+        """Advance the bar to this step of this epoch."""
+        done = (epoch - self.start_epoch) * steps_per_epoch + step
+        self.progress.update(
+            self.task,
+            completed=done,
+            epoch=epoch + 1,
+            loss=stats["loss"],
+            accuracy=stats["accuracy"],
+            speed=stats["images_per_second"],
+        )
+
+    def on_epoch(self, stats: EpochStats) -> None:
+        """Print a one-line summary of a finished epoch above the bar."""
+        if self.enabled:
+            self.progress.console.print(
+                f"epoch {stats.epoch:>3}/{self.total_epochs}  train loss {stats.train_loss:.4f} "
+                f"acc {stats.train_accuracy:.2%}  test loss {stats.test_loss:.4f} acc {stats.test_accuracy:.2%}  "
+                f"lr {stats.lr:.2e}  {stats.images_per_second:,.0f} img/s  {stats.seconds:.1f}s"
+            )

@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+
+from vitlab.config import RunConfig
+from vitlab.engine.checkpoint import load_checkpoint
+from vitlab.engine.train import Trainer, prepare_run_dir, trainer_for_resume
+from vitlab.errors import ConfigError
+from vitlab.recipes import resolve_run_config
+
+
+def quick_config(epochs: int = 2, **train) -> RunConfig:
+    """mnist-tiny on a 3,000-image slice: seconds per epoch on two cores."""
+    overrides = [
+        "data.train_subset=3000",
+        "data.test_subset=500",
+        "train.batch_size=32",
+        "train.warmup_epochs=0.5",
+        "train.lr=0.002",
+        *(f"train.{k}={v}" for k, v in train.items()),
+    ]
+    return resolve_run_config(preset="mnist-tiny", epochs=epochs, seed=1, overrides=overrides)
+
+
+def new_trainer(tmp_path, config: RunConfig, name: str = "run") -> Trainer:
+    run_dir = tmp_path / name
+    prepare_run_dir(config, run_dir)
+    return Trainer(config, run_dir)
+
+
+def test_short_training_on_mnist_learns_well_above_chance(tmp_path):
+    trainer = new_trainer(tmp_path, quick_config(epochs=3))
+    result = trainer.run()
+    assert result.final.accuracy > 0.5, result.final.accuracy  # chance is 0.1
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "mnist-tiny" in saved and "train_subset: 3000" in saved
+
+
+def test_same_seed_repeats_the_run_exactly(tmp_path):
+    first = new_trainer(tmp_path, quick_config(epochs=1), "a").run()
+    second = new_trainer(tmp_path, quick_config(epochs=1), "b").run()
+    assert first.history[0].train_loss == second.history[0].train_loss
+    assert first.final.accuracy == second.final.accuracy
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
+    straight = new_trainer(tmp_path, quick_config(epochs=2), "straight")
+    straight.run()
+
+    def interrupt(stats):
+        raise KeyboardInterrupt  # Ctrl-C just after the first epoch's checkpoints were written
+
+    interrupted = new_trainer(tmp_path, quick_config(epochs=2), "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run(on_epoch=interrupt)
+    resumed = trainer_for_resume(tmp_path / "resumed")
+    assert resumed.start_epoch == 1
+    resumed.run()
+
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    trainer = new_trainer(tmp_path, quick_config(epochs=1))
+    trainer.run()
+    model, metadata = load_checkpoint(tmp_path / "run")
+    images = torch.randn(8, 1, 28, 28)
+    trainer.model.eval()
+    torch.testing.assert_close(model(images), trainer.model(images), rtol=0, atol=0)
+    assert metadata["class_names"] == [str(i) for i in range(10)]
+    assert metadata["dataset"] == "mnist"
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    trainer = new_trainer(tmp_path, quick_config(epochs=1))
+    trainer.run()
+    with pytest.raises(ConfigError, match="--resume"):
+        prepare_run_dir(quick_config(epochs=1), tmp_path / "run")

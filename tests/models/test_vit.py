@@ -1,0 +1,185 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from tests.helpers import tiny_config
+from vitlab.config import POOL_CHOICES, POSENC_CHOICES
+from vitlab.errors import ConfigError
+from vitlab.models.vit import SelfAttention, ViT, attend
+
+
+def reference_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, num_heads):
+    """Multi-head self-attention written out element by element in float64, one head at a time."""
+    batch, tokens, dim = x.shape
+    head_dim = dim // num_heads
+    out = torch.zeros(batch, tokens, dim, dtype=torch.float64)
+    for b in range(batch):
+        qkv = x[b] @ w_qkv.T + b_qkv  # (tokens, 3*dim)
+        q_all, k_all, v_all = qkv[:, :dim], qkv[:, dim : 2 * dim], qkv[:, 2 * dim :]
+        heads = []
+        for h in range(num_heads):
+            cols = slice(h * head_dim, (h + 1) * head_dim)
+            q, k, v = q_all[:, cols], k_all[:, cols], v_all[:, cols]
+            scores = torch.zeros(tokens, tokens, dtype=torch.float64)
+            for i in range(tokens):
+                for j in range(tokens):
+                    scores[i, j] = (q[i] * k[j]).sum() / math.sqrt(head_dim)
+            weights = torch.exp(scores - scores.max(dim=1, keepdim=True).values)
+            weights = weights / weights.sum(dim=1, keepdim=True)
+            heads.append(weights @ v)
+        out[b] = torch.cat(heads, dim=1) @ w_proj.T + b_proj
+    return out
+
+
+@pytest.mark.parametrize("use_fused_kernel", [False, True])
+def test_self_attention_matches_float64_reference(use_fused_kernel):
+    torch.manual_seed(0)
+    config = tiny_config(embed_dim=12, num_heads=3)
+    layer = SelfAttention(config).double()
+    for param in layer.parameters():
+        torch.nn.init.normal_(param, std=0.5)
+    layer.use_fused_kernel = use_fused_kernel
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    expected = reference_self_attention(
+        x, layer.qkv.weight, layer.qkv.bias, layer.proj.weight, layer.proj.bias, num_heads=3
+    )
+    actual, _ = layer(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_attention_weights_are_a_softmax_over_keys():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 4, 8) for _ in range(3))
+    out, weights = attend(q, k, v, use_fused_kernel=False, need_weights=True)
+    assert weights.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 3, 4))
+    torch.testing.assert_close(out, weights @ v)
+
+
+@pytest.mark.parametrize("pool,posenc", list(itertools.product(POOL_CHOICES, POSENC_CHOICES)))
+def test_every_pooling_and_position_encoding_gives_logits_of_the_right_shape(pool, posenc):
+    model = ViT(tiny_config(pool=pool, posenc=posenc)).eval()
+    images = torch.randn(3, 1, 28, 28)
+    out = model(images, return_intermediates=True)
+    tokens = 16 + (1 if pool == "cls" else 0)
+    assert out["logits"].shape == (3, 10)
+    assert out["patches"].shape == (3, 16, 32)
+    assert out["with_posenc"].shape == (3, tokens, 32)
+    assert out["pooled"].shape == (3, 32)
+    for layer in range(2):
+        assert out[f"block_{layer}"].shape == (3, tokens, 32)
+        assert out[f"attention_{layer}"].shape == (3, 4, tokens, tokens)
+    if pool == "map":
+        assert out["attention_pool"].shape == (3, 4, 1, tokens)
+
+
+def _permute_patches(images: torch.Tensor, patch: int, order: torch.Tensor) -> torch.Tensor:
+    batch, channels, height, width = images.shape
+    grid = height // patch
+    blocks = images.reshape(batch, channels, grid, patch, grid, patch).permute(0, 2, 4, 1, 3, 5)
+    blocks = blocks.reshape(batch, grid * grid, channels, patch, patch)[:, order]
+    blocks = blocks.reshape(batch, grid, grid, channels, patch, patch).permute(0, 3, 1, 4, 2, 5)
+    return blocks.reshape(batch, channels, height, width)
+
+
+def test_without_position_encoding_mean_pooling_ignores_patch_order():
+    torch.manual_seed(0)
+    model = ViT(tiny_config(posenc="none", pool="mean")).double().eval()
+    for param in model.head.parameters():  # the head starts at zero; give it weights to compare
+        torch.nn.init.normal_(param)
+    images = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    shuffled = _permute_patches(images, 7, torch.randperm(16))
+    assert not torch.equal(images, shuffled)
+    torch.testing.assert_close(model(shuffled), model(images), rtol=1e-9, atol=1e-9)
+
+
+def test_with_position_encoding_patch_order_matters():
+    torch.manual_seed(0)
+    model = ViT(tiny_config(posenc="sincos2d", pool="mean")).double().eval()
+    torch.nn.init.normal_(model.head.weight)
+    images = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    shuffled = _permute_patches(images, 7, torch.randperm(16))
+    assert not torch.allclose(model(shuffled), model(images))
+
+
+@pytest.mark.parametrize("pool", POOL_CHOICES)
+def test_intermediates_match_the_plain_forward(pool):
+    torch.manual_seed(0)
+    model = ViT(tiny_config(pool=pool)).eval()
+    torch.nn.init.normal_(model.head.weight)
+    images = torch.randn(4, 1, 28, 28)
+    out = model(images, return_intermediates=True)
+    torch.testing.assert_close(out["logits"], model(images))
+    tokens = model.forward_features(images)
+    torch.testing.assert_close(out["tokens"], tokens)
+    torch.testing.assert_close(out["pooled"], model.pool(tokens))
+    torch.testing.assert_close(out["logits"], model.forward_head(model.pool(tokens)))
+
+
+def test_fused_and_explicit_attention_kernels_agree():
+    torch.manual_seed(0)
+    model = ViT(tiny_config(pool="map")).eval()
+    torch.nn.init.normal_(model.head.weight)
+    images = torch.randn(4, 1, 28, 28)
+    model.set_attention_kernel("cpu")
+    explicit = model(images)
+    model.set_attention_kernel("cuda")  # 'auto' on CUDA selects the fused kernel
+    assert all(block.attn.use_fused_kernel for block in model.blocks)
+    torch.testing.assert_close(model(images), explicit, rtol=1e-5, atol=1e-5)
+    # Asking for intermediates still yields attention weights while the fused kernel is selected.
+    assert model(images, return_intermediates=True)["attention_0"].shape == (4, 4, 16, 16)
+
+
+def test_predict_proba_is_a_distribution():
+    model = ViT(tiny_config())
+    torch.nn.init.normal_(model.head.weight)
+    probs = model.predict_proba(torch.randn(5, 1, 28, 28))
+    assert probs.shape == (5, 10)
+    assert (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
+
+
+def test_zero_initialised_head_starts_at_uniform_prediction():
+    probs = ViT(tiny_config()).predict_proba(torch.randn(2, 1, 28, 28))
+    torch.testing.assert_close(probs, torch.full((2, 10), 0.1))
+
+
+def test_image_not_a_multiple_of_the_patch_is_padded_when_allowed():
+    model = ViT(tiny_config(img_size=30, pad_to_patch=True)).eval()
+    out = model(torch.randn(2, 1, 30, 30), return_intermediates=True)
+    assert out["patches"].shape[1] == 25  # ceil(30 / 7) = 5 per side, never cropped to 4
+    with pytest.raises(ConfigError, match="not a multiple"):
+        ViT(tiny_config(img_size=30))
+
+
+def test_mlp_head_and_stochastic_depth():
+    torch.manual_seed(0)
+    model = ViT(tiny_config(head="mlp", head_hidden_dim=16, drop_path=0.5, dropout=0.1))
+    images = torch.randn(8, 1, 28, 28)
+    torch.nn.init.normal_(model.head[-1].weight)
+    model.train()
+    assert not torch.allclose(model(images), model(images))  # random drops differ between calls
+    model.eval()
+    torch.testing.assert_close(model(images), model(images))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(embed_dim=30, num_heads=4), "not divisible"),
+        (dict(patch_size=32), "larger than"),
+        (dict(pool="max"), "model.pool"),
+        (dict(posenc="rope"), "model.posenc"),
+        (dict(depth=0), "at least 1"),
+    ],
+)
+def test_impossible_configs_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        ViT(tiny_config(**overrides))
+
+
+def test_no_weight_decay_names_tokens_and_position_table():
+    assert ViT(tiny_config(pool="cls", posenc="learned")).no_weight_decay() == {"cls_token", "pos_embed"}
+    assert ViT(tiny_config(pool="map", posenc="sincos2d")).no_weight_decay() == {"attn_pool.probe"}

@@ -1,0 +1,134 @@
+"""The command line end to end, through subprocesses, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitlab.data.sources import load_split
+
+QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
+
+
+def vitlab(*args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "vitlab", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"vitlab {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = vitlab("train", "--model", "mnist-tiny", "--epochs", 2, "--out", run_dir, "--seed", 3, "--json", *QUICK)
+    return run_dir, json.loads(result.stdout)
+
+
+def test_train_json_prints_one_object_and_writes_the_run_directory(trained_run):
+    run_dir, summary = trained_run
+    assert summary["run_dir"] == str(run_dir)
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert (run_dir / "config.yaml").exists()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    for name in ("last", "best"):
+        assert (run_dir / "checkpoints" / f"{name}.safetensors").exists()
+        assert (run_dir / "checkpoints" / f"{name}.json").exists()
+
+
+def test_eval_reports_accuracy_and_per_class_accuracy(trained_run):
+    run_dir, _ = trained_run
+    report = json.loads(vitlab("eval", run_dir, "--json").stdout)
+    assert report["dataset"] == "mnist" and report["num_examples"] == 10000
+    assert set(report["per_class_accuracy"]) == {str(i) for i in range(10)}
+    human = vitlab("eval", run_dir).stdout
+    assert "accuracy" in human and "top-5" in human
+
+
+def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    digit = load_split("mnist", "test").images[0, 0].numpy()
+    big = Image.fromarray(digit).resize((100, 100))
+    paths = []
+    for mode, ext in (("L", "png"), ("RGBA", "png"), ("RGB", "jpg"), ("P", "bmp"), ("RGB", "webp")):
+        path = tmp_path / f"digit_{mode}.{ext}"
+        big.convert(mode).save(path)
+        paths.append(path)
+    sixteen = tmp_path / "digit16.png"
+    Image.fromarray(digit.astype(np.uint16) * 257).save(sixteen)
+    paths.append(sixteen)
+    out = json.loads(vitlab("predict", run_dir, *paths, "--top-k", 2, "--json").stdout)
+    assert len(out["predictions"]) == len(paths)
+    for item in out["predictions"]:
+        assert len(item["top_k"]) == 2
+        assert item["top_k"][0]["probability"] >= item["top_k"][1]["probability"]
+    human = vitlab("predict", run_dir, paths[0]).stdout
+    assert str(paths[0]) in human and "%" in human
+
+
+def test_info_for_a_preset_and_a_checkpoint(trained_run):
+    run_dir, _ = trained_run
+    preset = json.loads(vitlab("info", "--model", "mnist-tiny", "--json").stdout)
+    from_run = json.loads(vitlab("info", run_dir, "--json").stdout)
+    assert preset["parameters"] == from_run["parameters"]
+    assert preset["forward_flops_per_image"] > 0
+    assert "parameters" in vitlab("info").stdout
+
+
+def test_resume_of_a_finished_run_with_more_epochs(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(run_dir, copy)
+    summary = json.loads(vitlab("train", "--resume", copy, "--epochs", 3, "--json").stdout)
+    assert summary["epochs"] == 3
+    assert len((copy / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def _assert_clean_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["train", "--model", "Z/9"], "unknown model preset"),
+        (["train", "model.nonsense=1"], "unknown config key"),
+        (["train", "embed_dim=30", "num_heads=4"], "not divisible"),
+        (["train", "patch_size=40"], "larger than"),
+        (["train", "--config", "/nonexistent.yaml"], "config file not found"),
+        (["train", "--dataset", "imagenet"], "unknown dataset"),
+        (["eval", "/nonexistent/run"], "checkpoint not found"),
+        (["info", "--model", "huge"], "unknown model preset"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(args, fragment):
+    _assert_clean_error(vitlab(*args, check=False), fragment)
+
+
+def test_bad_images_and_checkpoints_give_one_line_errors(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    (tmp_path / "notes.png").write_text("just text")
+    _assert_clean_error(vitlab("predict", run_dir, tmp_path / "notes.png", check=False), "not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    _assert_clean_error(vitlab("predict", run_dir, tmp_path / "empty.png", check=False), "empty")
+    _assert_clean_error(vitlab("predict", run_dir, tmp_path / "absent.png", check=False), "not found")
+    (tmp_path / "fake.safetensors").write_bytes(b"\x00" * 64)
+    _assert_clean_error(vitlab("eval", tmp_path / "fake.safetensors", check=False), "not a readable safetensors")
+
+
+def test_bad_config_file_gives_one_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    _assert_clean_error(vitlab("train", "--config", tmp_path / "bad.yaml", check=False), "not valid YAML")
+    (tmp_path / "keys.yaml").write_text("train:\n  learning_rate: 0.1\n")
+    _assert_clean_error(vitlab("train", "--config", tmp_path / "keys.yaml", check=False), "unknown train key")

@@ -1,0 +1,40 @@
+import pytest
+
+from vitlab.config import RunConfig, apply_overrides, load_yaml, save_yaml
+from vitlab.errors import ConfigError
+from vitlab.recipes import resolve_run_config
+
+
+def test_yaml_round_trip_keeps_every_field(tmp_path):
+    config = resolve_run_config(preset="cifar-tiny", dataset="mnist", epochs=3, seed=7, overrides=["model.pool=map"])
+    save_yaml(config, tmp_path / "c.yaml")
+    again = RunConfig.from_dict(load_yaml(tmp_path / "c.yaml"))
+    assert again == config
+    assert again.model.in_channels == 1  # the data set decides the input channels
+    assert again.model.patch_size == 4 and again.model.pool == "map" and again.train.seed == 7
+
+
+def test_overrides_take_dotted_or_unique_bare_keys():
+    config = apply_overrides(RunConfig(), ["train.lr=0.01", "depth=3", "augment=false", "posenc=sincos2d"])
+    assert config.train.lr == 0.01 and config.model.depth == 3
+    assert config.data.augment is False and config.model.posenc == "sincos2d"
+
+
+def test_overrides_refuse_unknown_ambiguous_or_mistyped_values():
+    with pytest.raises(ConfigError, match="unknown config key"):
+        apply_overrides(RunConfig(), ["train.momentum=0.9"])
+    with pytest.raises(ConfigError, match="must be an integer"):
+        apply_overrides(RunConfig(), ["model.depth=deep"])
+    with pytest.raises(ConfigError, match="must be true or false"):
+        apply_overrides(RunConfig(), ["data.augment=maybe"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        apply_overrides(RunConfig(), ["depth"])
+
+
+def test_layers_apply_in_order_preset_file_flags_overrides(tmp_path):
+    (tmp_path / "run.yaml").write_text("preset: mnist-tiny\nmodel:\n  depth: 3\ntrain:\n  epochs: 5\n  lr: 0.004\n")
+    config = resolve_run_config(config_file=str(tmp_path / "run.yaml"), epochs=2, overrides=["train.lr=0.001"])
+    assert config.preset == "mnist-tiny" and config.model.patch_size == 7
+    assert config.model.depth == 3  # the file overrides the preset
+    assert config.train.epochs == 2  # the flag overrides the file
+    assert config.train.lr == 0.001  # key=value overrides everything
