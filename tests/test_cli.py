@@ -132,3 +132,78 @@ def test_bad_config_file_gives_one_line(tmp_path):
     _assert_clean_error(vitlab("train", "--config", tmp_path / "bad.yaml", check=False), "not valid YAML")
     (tmp_path / "keys.yaml").write_text("train:\n  learning_rate: 0.1\n")
     _assert_clean_error(vitlab("train", "--config", tmp_path / "keys.yaml", check=False), "unknown train key")
+
+
+def test_ctrl_c_during_training_keeps_finished_epochs_and_resume_completes(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    args = ["train", "--model", "mnist-tiny", "--epochs", 30, "--out", run_dir, "--quiet", *QUICK]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitlab", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "resume.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and f"--resume {run_dir}" in stderr
+    done = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 30
+    assert [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")] == []
+    info = json.loads(vitlab("info", run_dir, "--json").stdout)  # the saved checkpoint loads
+    assert info["epoch"] >= 1
+    summary = json.loads(vitlab("train", "--resume", run_dir, "--epochs", done + 1, "--json").stdout)
+    assert summary["epochs"] == done + 1
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == done + 1
+
+
+def test_training_writes_a_report_and_report_rebuilds_it(trained_run):
+    run_dir, summary = trained_run
+    assert summary["report"] == str(run_dir / "report.md")
+    text = (run_dir / "report.md").read_text()
+    for figure in ("curves", "lr", "confusion", "per_class", "misclassified", "attention_0"):
+        assert f"report/{figure}.png" in text
+        assert (run_dir / "report" / f"{figure}.png").stat().st_size > 1000
+    (run_dir / "report" / "curves.png").unlink()
+    assert json.loads(vitlab("report", run_dir, "--json").stdout)["report"] == str(run_dir / "report.md")
+    assert (run_dir / "report" / "curves.png").exists()
+
+
+def test_attention_command_writes_layer_head_and_rollout_pngs(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    digit = load_split("mnist", "test").images[0, 0].numpy()
+    Image.fromarray(digit).save(tmp_path / "seven.png")
+    out = json.loads(vitlab("attention", run_dir, tmp_path / "seven.png", "--out", tmp_path / "maps", "--json").stdout)
+    names = sorted(p.split("/")[-1] for p in out["files"])
+    assert names == ["00_seven_heads_layer3.png", "00_seven_input.png", "00_seven_layers.png", "00_seven_rollout.png"]
+    assert all((tmp_path / "maps" / name).stat().st_size > 1000 for name in names)
+    _assert_clean_error(vitlab("attention", run_dir, tmp_path / "seven.png", "--layer", 9, check=False), "out of range")
+
+
+def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
+    out = tmp_path / "cmp"
+    result = vitlab(
+        "compare",
+        "--models",
+        "mnist-tiny,resnet-small",
+        "--epochs",
+        1,
+        "--out",
+        out,
+        "--json",
+        "data.train_subset=500",
+        "data.test_subset=200",
+        "train.batch_size=50",
+        "model.embed_dim=16",
+    )
+    summary = json.loads(result.stdout)
+    assert [r["model"] for r in summary["results"]] == ["mnist-tiny", "resnet-small"]
+    assert all(r["parameters"] > 0 and r["latency_ms"] > 0 for r in summary["results"])
+    table = (out / "compare.md").read_text()
+    assert "| mnist-tiny |" in table and "| resnet-small |" in table
+    assert len((out / "compare.csv").read_text().splitlines()) == 3
+    assert (out / "compare.png").stat().st_size > 1000
+    _assert_clean_error(vitlab("compare", "--models", "mnist-tiny", "--epochs", 1, check=False), "at least two")

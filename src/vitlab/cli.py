@@ -18,6 +18,7 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 # ----- train -------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from vitlab.config import parse_duration
     from vitlab.engine.train import Trainer, prepare_run_dir, trainer_for_resume
     from vitlab.recipes import resolve_run_config
     from vitlab.report.progress import TrainingProgress
@@ -32,7 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             dataset=args.dataset,
             epochs=args.epochs,
             seed=args.seed,
-            overrides=args.overrides,
+            overrides=args.overrides
+            + ([f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []),
         )
         run_dir = Path(args.out) if args.out else Path("runs") / time.strftime(f"{config.data.dataset}-%Y%m%d-%H%M%S")
         prepare_run_dir(config, run_dir)
@@ -40,18 +42,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = trainer.config
     if not args.json:
         print(
-            f"training {cfg.preset or 'custom'} ViT on {cfg.data.dataset} "
-            f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {cfg.train.epochs} epochs; "
+            f"training {cfg.preset or 'custom'} {cfg.model.arch} on {cfg.data.dataset} "
+            f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for "
+            f"{f'{cfg.train.time_budget:.0f} s' if cfg.train.time_budget else f'{cfg.train.epochs} epochs'}; "
             f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {trainer.threads} threads; run dir {run_dir}",
             file=sys.stderr,
         )
-    with TrainingProgress(
-        cfg.train.epochs, trainer.steps_per_epoch, trainer.start_epoch, enabled=not args.quiet
-    ) as bar:
-        result = trainer.run(on_progress=bar.on_step, on_epoch=bar.on_epoch)
+    for note in trainer.notes:
+        print(f"vitlab: note: {note}", file=sys.stderr)
+    try:
+        total_epochs = None if cfg.train.time_budget else cfg.train.epochs
+        start = trainer.fraction_done(trainer.start_epoch * trainer.steps_per_epoch, trainer.elapsed_before)
+        with TrainingProgress(total_epochs, start, enabled=not args.quiet) as bar:
+            result = trainer.run(on_progress=bar.on_step, on_epoch=bar.on_epoch)
+    except KeyboardInterrupt:
+        print(
+            f"vitlab: interrupted; finished epochs are saved; continue with: vitlab train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    report_path = None
+    if not args.no_report:
+        from vitlab.report.run_report import build_report
+
+        report_path = build_report(run_dir)
     summary = {
         "run_dir": str(run_dir),
-        "epochs": cfg.train.epochs,
+        "report": str(report_path) if report_path else None,
+        "epochs": len(result.history),
         "test_accuracy": result.final.accuracy,
         "test_loss": result.final.loss,
         "best_test_accuracy": result.best_accuracy,
@@ -69,7 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ----- eval --------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vitlab.data.sources import dataset_info, load_split
+    from vitlab.config import DataConfig
+    from vitlab.data.datasets import open_dataset
     from vitlab.engine.checkpoint import load_checkpoint
     from vitlab.engine.evaluate import evaluate
     from vitlab.engine.runtime import autocast_dtype, configure_threads, resolve_device
@@ -77,23 +96,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model, metadata = load_checkpoint(args.checkpoint)
     name = args.dataset or metadata.get("dataset", "mnist")
-    info = dataset_info(name)
-    if len(info.class_names) != model.config.num_classes:
-        raise ConfigError(f"the model has {model.config.num_classes} classes but {name} has {len(info.class_names)}")
-    split = load_split(name, "test", args.data_dir or "")
+    config = model.config
+    data = open_dataset(
+        DataConfig(dataset=name, data_dir=args.data_dir or ""), config.in_channels, config.img_size, splits=("test",)
+    )
+    if len(data.class_names) != config.num_classes:
+        raise ConfigError(f"the model has {config.num_classes} classes but {name} has {len(data.class_names)}")
     configure_threads()
     device = resolve_device(args.device)
     model.to(device).set_attention_kernel(device.type)
     scores = evaluate(
         model,
-        split.images,
-        split.labels,
+        data.test.images,
+        data.test.labels,
         mean=metadata["mean"],
         std=metadata["std"],
         device=device,
         dtype=autocast_dtype("auto", device),
     )
-    payload = {"checkpoint": str(args.checkpoint), "dataset": name, **scores.to_dict(info.class_names)}
+    payload = {"checkpoint": str(args.checkpoint), "dataset": name, **scores.to_dict(data.class_names)}
     if args.json:
         _print_json(payload)
         return 0
@@ -145,8 +166,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ----- info --------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
     from vitlab.models.flops import forward_flops, training_flops
-    from vitlab.models.registry import DEFAULT_PRESET, model_config
-    from vitlab.models.vit import ViT
+    from vitlab.models.registry import DEFAULT_PRESET, build_model, model_config
 
     if args.checkpoint:
         from vitlab.engine.checkpoint import load_checkpoint
@@ -156,14 +176,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         config = model_config(args.model or DEFAULT_PRESET)
         config.validate()
-        model, metadata, source = ViT(config), {}, f"preset {args.model or DEFAULT_PRESET}"
+        model, metadata, source = build_model(config), {}, f"preset {args.model or DEFAULT_PRESET}"
     config = model.config
     payload = {
         "source": source,
         "parameters": sum(p.numel() for p in model.parameters()),
         "forward_flops_per_image": forward_flops(config),
         "training_flops_per_image": training_flops(config),
-        "tokens": config.num_patches + (1 if config.pool == "cls" else 0),
         "model": {key: getattr(config, key) for key in config.__dataclass_fields__},
     }
     for key in ("dataset", "class_names", "epoch", "metrics"):
@@ -176,17 +195,158 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  parameters        {payload['parameters']:,}")
     print(f"  forward FLOPs     {payload['forward_flops_per_image'] / 1e6:,.2f} M per image")
     print(f"  training FLOPs    {payload['training_flops_per_image'] / 1e6:,.2f} M per image (3x forward)")
-    print(
-        f"  tokens            {payload['tokens']} ({config.grid_size}x{config.grid_size} patches of {config.patch_size}px)"
-    )
-    print(
-        f"  architecture      width {config.embed_dim}, depth {config.depth}, heads {config.num_heads}, "
-        f"MLP {config.mlp_dim}, posenc {config.posenc}, pool {config.pool}, head {config.head}"
-    )
+    if config.arch == "vit":
+        tokens = config.num_patches + (1 if config.pool == "cls" else 0)
+        print(f"  tokens            {tokens} ({config.grid_size}x{config.grid_size} patches of {config.patch_size}px)")
+        print(
+            f"  architecture      ViT: width {config.embed_dim}, depth {config.depth}, heads {config.num_heads}, "
+            f"MLP {config.mlp_dim}, posenc {config.posenc}, pool {config.pool}, head {config.head}"
+        )
+    else:
+        print(f"  architecture      ResNet: base width {config.embed_dim}, {config.depth} blocks per stage, 3 stages")
     print(f"  input             {config.in_channels}x{config.img_size}x{config.img_size}, {config.num_classes} classes")
     for key in ("dataset", "epoch", "metrics"):
         if key in payload:
             print(f"  {key:<17} {payload[key]}")
+    return 0
+
+
+# ----- report and attention --------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from vitlab.report.run_report import build_report
+
+    path = build_report(args.run_dir)
+    if args.json:
+        _print_json({"report": str(path)})
+    else:
+        print(f"report written to {path}")
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitlab.data.images import load_image
+    from vitlab.data.tensors import to_model_input
+    from vitlab.engine.checkpoint import load_checkpoint
+    from vitlab.errors import ConfigError
+    from vitlab.explain.attention import head_maps, layer_maps, rollout_map, to_image_grid
+    from vitlab.report import plots
+
+    model, metadata = load_checkpoint(args.checkpoint)
+    config = model.config
+    if config.arch != "vit":
+        raise ConfigError(f"{args.checkpoint} is a {config.arch}, which has no attention to draw")
+    layer = args.layer if args.layer >= 0 else config.depth + args.layer
+    if not 0 <= layer < config.depth:
+        raise ConfigError(f"--layer {args.layer} is out of range for a model of depth {config.depth}")
+    images = torch.stack([load_image(path, config.in_channels, config.img_size) for path in args.images])
+    if args.invert:
+        images = 255 - images
+    with torch.no_grad():
+        intermediates = model(
+            to_model_input(images, metadata["mean"], metadata["std"], config.img_size, config.in_channels),
+            return_intermediates=True,
+        )
+    per_layer = to_image_grid(layer_maps(model, intermediates), model)
+    heads = to_image_grid(head_maps(model, intermediates, layer), model)
+    rolled = to_image_grid(rollout_map(model, intermediates), model)
+    names = metadata.get("class_names") or [str(i) for i in range(config.num_classes)]
+    predicted = intermediates["logits"].argmax(dim=1).tolist()
+    out = Path(args.out)
+    written = []
+    for index, path in enumerate(args.images):
+        stem = f"{index:02d}_{Path(path).stem}"
+        label = f"{Path(path).name}: predicted {names[predicted[index]]}"
+        written.append(
+            plots.plot_image_grid(images[index : index + 1], [label], out / f"{stem}_input.png", "Input", columns=1)
+        )
+        titles = [f"layer {i}" for i in range(config.depth)]
+        written.append(
+            plots.plot_attention_overlays(
+                images[index],
+                per_layer[:, index],
+                titles,
+                out / f"{stem}_layers.png",
+                f"{label}: attention per layer (heads averaged)",
+            )
+        )
+        head_titles = [f"head {h}" for h in range(config.num_heads)]
+        written.append(
+            plots.plot_attention_overlays(
+                images[index],
+                heads[index],
+                head_titles,
+                out / f"{stem}_heads_layer{layer}.png",
+                f"{label}: every head of layer {layer}",
+            )
+        )
+        written.append(
+            plots.plot_attention_overlays(
+                images[index],
+                rolled[index : index + 1],
+                ["rollout"],
+                out / f"{stem}_rollout.png",
+                f"{label}: attention rollout",
+            )
+        )
+    if args.json:
+        _print_json({"files": [str(p) for p in written], "predicted": [names[i] for i in predicted]})
+    else:
+        print(f"wrote {len(written)} PNG files to {out}")
+    return 0
+
+
+# ----- compare ----------------------------------------------------------------------------------
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vitlab.config import parse_duration
+    from vitlab.engine.compare import run_contender
+    from vitlab.errors import ConfigError
+    from vitlab.recipes import resolve_run_config
+    from vitlab.report.compare import write_comparison
+
+    if bool(args.time_budget) == bool(args.epochs):
+        raise ConfigError("give exactly one of --time-budget or --epochs, so every model gets the same budget")
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    if len(names) < 2:
+        raise ConfigError("--models needs at least two presets separated by commas, e.g. mnist-small,resnet-small")
+    budget = [f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []
+    configs = [
+        resolve_run_config(
+            preset=name, dataset=args.dataset, epochs=args.epochs, seed=args.seed, overrides=args.overrides + budget
+        )
+        for name in names
+    ]  # every config is resolved before any training, so a typo fails fast
+    out = (
+        Path(args.out) if args.out else Path("runs") / time.strftime(f"compare-{configs[0].data.dataset}-%Y%m%d-%H%M%S")
+    )
+    results = []
+    for name, config in zip(names, configs):
+        if not args.json:
+            print(f"training {name} ...", file=sys.stderr)
+        results.append(run_contender(name, config, out / name.replace("/", "-")))
+    paths = write_comparison(results, out, f"{' vs '.join(names)} on {configs[0].data.dataset}")
+    if args.json:
+        _print_json(
+            {
+                "folder": str(out),
+                **{k: str(v) for k, v in paths.items()},
+                "results": [
+                    {
+                        "model": r.name,
+                        "test_accuracy": r.test_accuracy,
+                        "parameters": r.parameters,
+                        "forward_flops": r.forward_flops,
+                        "train_images_per_second": r.train_images_per_second,
+                        "latency_ms": r.latency_ms,
+                        "seconds": r.seconds,
+                    }
+                    for r in results
+                ],
+            }
+        )
+    else:
+        print(paths["markdown"].read_text())
     return 0
 
 
@@ -200,11 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", help="data set name (default: mnist)")
     train.add_argument("--model", help="model preset, e.g. mnist-small, cifar-tiny, Ti/16 (see `vitlab info`)")
     train.add_argument("--epochs", type=int, help="number of epochs")
+    train.add_argument("--time-budget", help="train for this long (e.g. 10m, 90s, 1h) with the schedule on time")
     train.add_argument("--out", help="run directory (default: runs/<dataset>-<time>)")
     train.add_argument("--seed", type=int, help="random seed; the same seed repeats the run")
     train.add_argument("--config", help="YAML file with sections model, data, train")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
     train.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.002")
     train.set_defaults(handler=cmd_train)
@@ -225,6 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=cmd_predict)
 
+    report = sub.add_parser("report", help="(re)build a run's report.md with figures")
+    report.add_argument("run_dir", metavar="RUN")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(handler=cmd_report)
+
+    attention = sub.add_parser("attention", help="attention maps of images as PNG overlays")
+    attention.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    attention.add_argument("images", nargs="+", metavar="IMAGE")
+    attention.add_argument("--out", default="attention", help="folder for the PNG files (default: ./attention)")
+    attention.add_argument("--layer", type=int, default=-1, help="layer whose heads are drawn (default: last)")
+    attention.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
+    attention.add_argument("--json", action="store_true")
+    attention.set_defaults(handler=cmd_attention)
+
+    compare = sub.add_parser("compare", help="train several models under the same budget and compare them")
+    compare.add_argument("--dataset", default="mnist")
+    compare.add_argument("--models", required=True, help="comma-separated presets, e.g. mnist-small,resnet-small")
+    budget = compare.add_mutually_exclusive_group()
+    budget.add_argument("--time-budget", help="per model, e.g. 10m")
+    budget.add_argument("--epochs", type=int, help="per model")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--out", help="folder for the runs and the table (default: runs/compare-<dataset>-<time>)")
+    compare.add_argument("--json", action="store_true")
+    compare.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every model")
+    compare.set_defaults(handler=cmd_compare)
+
     info = sub.add_parser("info", help="parameters and FLOPs of a preset or checkpoint")
     info.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT")
     info.add_argument("--model", help="preset name (default: the default preset)")
@@ -242,9 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        run_hint = f"; continue with: vitlab train --resume {args.out}" if getattr(args, "out", None) else ""
-        print(f"vitlab: interrupted{run_hint}", file=sys.stderr)
+        print("vitlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

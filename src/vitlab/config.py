@@ -17,6 +17,7 @@ import yaml
 
 from vitlab.errors import ConfigError
 
+ARCH_CHOICES = ("vit", "resnet")
 POSENC_CHOICES = ("learned", "sincos1d", "sincos2d", "none")
 POOL_CHOICES = ("cls", "mean", "map")
 HEAD_CHOICES = ("linear", "mlp")
@@ -27,8 +28,12 @@ PRECISION_CHOICES = ("auto", "bf16", "fp32")
 
 @dataclass
 class ModelConfig:
-    """Architecture of a ViT; every option is a plain value so it round-trips through YAML/JSON."""
+    """Architecture of a ViT (or the ResNet baseline); plain values, so it round-trips through YAML/JSON.
 
+    For arch="resnet", embed_dim is the base width and depth the residual blocks per stage.
+    """
+
+    arch: str = "vit"
     img_size: int = 28
     in_channels: int = 1
     num_classes: int = 10
@@ -66,6 +71,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for any configuration that cannot be built."""
+        _check_choice("model.arch", self.arch, ARCH_CHOICES)
         _check_choice("model.posenc", self.posenc, POSENC_CHOICES)
         _check_choice("model.pool", self.pool, POOL_CHOICES)
         _check_choice("model.head", self.head, HEAD_CHOICES)
@@ -75,6 +81,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.mlp_ratio <= 0:
             raise ConfigError(f"model.mlp_ratio must be positive, got {self.mlp_ratio}")
+        if self.arch != "vit":
+            return
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
@@ -103,6 +111,7 @@ class DataConfig:
     dataset: str = "mnist"
     data_dir: str = ""  # empty means the packaged copy / default cache
     train_subset: int = 0  # 0 means the whole training split; otherwise the first N (for quick runs)
+    test_fraction: float = 0.2  # image folders without train/ and test/: share held out for testing
     test_subset: int = 0
     augment: bool = True
     rotate_degrees: float = 10.0
@@ -114,6 +123,8 @@ class DataConfig:
         """Raise ConfigError for values that cannot be used."""
         if self.train_subset < 0 or self.test_subset < 0:
             raise ConfigError("data.train_subset and data.test_subset must be 0 (all) or positive")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError("data.scale_min must be positive and at most data.scale_max")
         if not 0 <= self.translate < 0.5:
@@ -140,6 +151,7 @@ class TrainConfig:
     threads: int = 0  # 0 means one per available core
     seed: int = 0
     eval_batch_size: int = 1000
+    time_budget: float = 0.0  # seconds; when set, the run ends on time and train.epochs is ignored
 
     def validate(self) -> None:
         """Raise ConfigError for values that cannot be used."""
@@ -153,6 +165,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.time_budget < 0:
+            raise ConfigError(f"train.time_budget must not be negative, got {self.time_budget}")
         if self.warmup_epochs < 0 or self.grad_clip < 0 or self.threads < 0:
             raise ConfigError("train.warmup_epochs, train.grad_clip and train.threads must not be negative")
 
@@ -285,3 +299,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def save_yaml(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '90', '90s', '10m', '1.5h' (a bare number is seconds)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    value = text.strip().lower()
+    scale = units.get(value[-1:])
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ConfigError(f"cannot read duration {text!r}; write e.g. 90s, 10m or 1h") from None
+    if seconds <= 0:
+        raise ConfigError(f"duration {text!r} must be positive")
+    return seconds

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from vitlab.config import RunConfig, apply_overrides, load_yaml
-from vitlab.data.sources import dataset_info
+from vitlab.data.datasets import input_shape
 from vitlab.errors import ConfigError
 from vitlab.models.registry import DEFAULT_PRESET, model_config
 
@@ -25,9 +25,9 @@ def resolve_run_config(
         raise ConfigError(f"section 'model' of {config_file} must be a mapping")
     name = preset or raw.get("preset") or DEFAULT_PRESET
     data_name = dataset or (raw.get("data") or {}).get("dataset") or "mnist"
-    info = dataset_info(data_name)
+    channels, classes = input_shape(data_name)
     # The preset fixes the architecture; the data set fixes what goes in and comes out.
-    base = model_config(name, in_channels=info.channels, num_classes=len(info.class_names))
+    base = model_config(name, in_channels=channels, num_classes=classes)
     merged = {"model": dataclasses.asdict(base) | raw.get("model", {})}
     config = RunConfig.from_dict({**raw, **merged, "preset": name})
     config.data.dataset = data_name

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -83,3 +84,23 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
     trainer.run()
     with pytest.raises(ConfigError, match="--resume"):
         prepare_run_dir(quick_config(epochs=1), tmp_path / "run")
+
+
+def test_time_budget_ends_the_run_on_time_with_the_schedule_decayed(tmp_path):
+    config = quick_config(epochs=1, time_budget=4.0, min_lr=0.0)
+    trainer = new_trainer(tmp_path, config)
+    seen_lrs = []
+    original = trainer.learning_rate
+
+    def recording(step, elapsed):
+        seen_lrs.append(original(step, elapsed))
+        return seen_lrs[-1]
+
+    trainer.learning_rate = recording
+    started = time.perf_counter()
+    result = trainer.run()
+    # Ends within one step plus one evaluation of the budget, whatever train.epochs says.
+    assert time.perf_counter() - started < 4.0 + 3.0
+    assert result.history[-1].elapsed >= 3.0
+    assert max(seen_lrs) == pytest.approx(0.002, rel=0.05)
+    assert seen_lrs[-1] < 0.1 * max(seen_lrs)  # decayed by the time the budget ran out

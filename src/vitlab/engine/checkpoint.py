@@ -22,7 +22,7 @@ from torch import nn
 
 from vitlab.config import ModelConfig, section_from_dict
 from vitlab.errors import CheckpointError, ConfigError
-from vitlab.models.vit import ViT
+from vitlab.models.registry import build_model
 
 FORMAT = "vitlab-checkpoint"
 RESUME_FORMAT = "vitlab-resume"
@@ -76,11 +76,11 @@ def load_tensors(path: Path, expected_format: str = FORMAT) -> tuple[dict[str, t
     return tensors, metadata
 
 
-def save_checkpoint(path: Path, model: ViT, info: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
     """Save model weights with its config and `info` (class names, normalisation, metrics...)."""
     metadata = {
         "version": FORMAT_VERSION,
-        "architecture": "vit",
+        "architecture": model.config.arch,
         "model": _config_dict(model.config),
         **info,
     }
@@ -95,13 +95,15 @@ def _config_dict(config: ModelConfig) -> dict[str, Any]:
 
 def model_config_from_metadata(metadata: dict[str, Any], source: Path) -> ModelConfig:
     """The ModelConfig stored in a checkpoint, refusing unknown architectures or keys."""
-    if metadata.get("architecture") != "vit":
-        raise CheckpointError(f"{source} holds a {metadata.get('architecture')!r} model, not a vit")
     try:
         config = section_from_dict(ModelConfig, metadata.get("model") or {}, "model")
         config.validate()
     except ConfigError as exc:
         raise CheckpointError(f"{source}: stored config is invalid: {exc}") from None
+    if metadata.get("architecture") != config.arch:
+        raise CheckpointError(
+            f"{source} says architecture {metadata.get('architecture')!r} but its config is {config.arch!r}"
+        )
     return config
 
 
@@ -126,11 +128,11 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state)
 
 
-def load_checkpoint(path: str | Path) -> tuple[ViT, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a checkpoint (or run directory) describes and load its weights."""
     path = resolve_checkpoint(path)
     tensors, metadata = load_tensors(path)
-    model = ViT(model_config_from_metadata(metadata, path))
+    model = build_model(model_config_from_metadata(metadata, path))
     load_state_strict(model, tensors, path)
     model.eval()
     return model, metadata

@@ -20,14 +20,15 @@ from torch import nn
 
 from vitlab.config import RunConfig, load_yaml, save_yaml
 from vitlab.data.augment import random_affine
-from vitlab.data.sources import ImageDataset, dataset_info, load_split
+from vitlab.data.datasets import open_dataset
+from vitlab.data.sources import ImageDataset
 from vitlab.data.tensors import batch_indices, num_batches, to_model_input
 from vitlab.engine.checkpoint import RESUME_FORMAT, load_state_strict, load_tensors, save_checkpoint, save_tensors
 from vitlab.engine.evaluate import EvalResult, evaluate
 from vitlab.engine.runtime import autocast, autocast_dtype, configure_threads, resolve_device
 from vitlab.engine.schedule import warmup_cosine
 from vitlab.errors import CheckpointError, ConfigError
-from vitlab.models.vit import ViT
+from vitlab.models.registry import build_model
 
 
 @dataclass
@@ -42,6 +43,7 @@ class EpochStats:
     lr: float
     seconds: float
     images_per_second: float
+    elapsed: float = 0.0  # seconds since the run started (across resumes) when this epoch ended
 
 
 @dataclass
@@ -55,12 +57,12 @@ class TrainResult:
     seconds: float = 0.0
 
 
-# A progress callback receives (epoch, step, steps_per_epoch, running stats dict).
-ProgressCallback = Callable[[int, int, int, dict[str, float]], None]
+# A progress callback receives (epoch, fraction of the run done, running stats of the epoch).
+ProgressCallback = Callable[[int, float, dict[str, float]], None]
 EpochCallback = Callable[[EpochStats], None]
 
 
-def build_optimizer(model: ViT, config: RunConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """AdamW (or Adam) with no weight decay on biases, norms, tokens and position tables."""
     skip = model.no_weight_decay()
     decay, no_decay = [], []
@@ -83,21 +85,20 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         self.dtype = autocast_dtype(config.train.precision, self.device)
         self.threads = configure_threads(config.train.threads)
-        info = dataset_info(config.data.dataset)
-        self.mean, self.std = info.mean, info.std
-        self.train_set: ImageDataset = load_split(info.name, "train", config.data.data_dir).subset(
-            config.data.train_subset
-        )
-        self.test_set: ImageDataset = load_split(info.name, "test", config.data.data_dir).subset(
-            config.data.test_subset
-        )
-        if config.model.num_classes != len(info.class_names):
+        data = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed)
+        self.mean, self.std = data.mean, data.std
+        self.train_set: ImageDataset = data.train
+        self.test_set: ImageDataset = data.test
+        self.notes = data.notes
+        if config.model.num_classes != len(data.class_names):
             raise ConfigError(
-                f"model.num_classes={config.model.num_classes} but {info.name} has {len(info.class_names)} classes"
+                f"model.num_classes={config.model.num_classes} but {data.name} has {len(data.class_names)} classes"
             )
-        self.class_names = info.class_names
+        if len(self.test_set) == 0:
+            raise ConfigError(f"{data.name} has no test images; add a test/ folder or raise data.test_fraction")
+        self.class_names = data.class_names
         torch.manual_seed(config.train.seed)
-        self.model = ViT(config.model).to(self.device)
+        self.model = build_model(config.model).to(self.device)
         self.model.set_attention_kernel(self.device.type)
         self.optimizer = build_optimizer(self.model, config)
         self.steps_per_epoch = num_batches(len(self.train_set), config.train.batch_size, drop_last=True)
@@ -107,6 +108,8 @@ class Trainer:
             )
         self.start_epoch = 0
         self.best_accuracy = -1.0
+        self.elapsed_before = 0.0  # run time spent before a resume, for time budgets
+        self.warmup_done_at: float | None = None
         # Kept on the device once, so each batch is an index into memory, not a Python loop.
         self.train_images = self.train_set.images.to(self.device)
         self.train_labels = self.train_set.labels.to(self.device)
@@ -128,7 +131,7 @@ class Trainer:
             "metrics": metrics,
         }
 
-    def save_resume_state(self, epoch: int) -> None:
+    def save_resume_state(self, epoch: int, elapsed: float) -> None:
         """Weights, optimiser state and position in one file, so a resume never mixes epochs."""
         tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
         optimizer_state = self.optimizer.state_dict()
@@ -139,6 +142,7 @@ class Trainer:
         metadata = {
             "epoch": epoch,
             "best_accuracy": self.best_accuracy,
+            "elapsed": elapsed,
             "param_groups": groups,
         }
         save_tensors(self.checkpoint_dir / "resume.safetensors", tensors, metadata, RESUME_FORMAT)
@@ -165,6 +169,7 @@ class Trainer:
             raise CheckpointError(f"{path}: optimiser state does not match this model ({exc})") from None
         self.start_epoch = int(metadata["epoch"])
         self.best_accuracy = float(metadata["best_accuracy"])
+        self.elapsed_before = float(metadata.get("elapsed", 0.0))
 
     # ----- the loop ---------------------------------------------------------------------------
     def train_batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[float, int]:
@@ -192,15 +197,38 @@ class Trainer:
         correct = (logits.argmax(dim=1) == labels).sum()
         return loss.item() * len(labels), int(correct)
 
+    def learning_rate(self, step: int, elapsed: float) -> float:
+        """Warm-up over steps, then cosine decay over steps or, with a time budget, over elapsed time."""
+        train = self.config.train
+        warmup_steps = int(round(train.warmup_epochs * self.steps_per_epoch))
+        if not train.time_budget:
+            return warmup_cosine(step, train.epochs * self.steps_per_epoch, warmup_steps, train.lr, train.min_lr)
+        if step < warmup_steps:
+            return warmup_cosine(step, warmup_steps + 1, warmup_steps, train.lr, train.min_lr)
+        if self.warmup_done_at is None:
+            self.warmup_done_at = elapsed
+        span = max(train.time_budget - self.warmup_done_at, 1e-9)
+        progress = min((elapsed - self.warmup_done_at) / span, 1.0)
+        return warmup_cosine(int(progress * 1_000_000), 1_000_000, 0, train.lr, train.min_lr)
+
+    def fraction_done(self, step: int, elapsed: float) -> float:
+        """How much of the run is done: by steps, or by time with a budget."""
+        train = self.config.train
+        if train.time_budget:
+            return min(elapsed / train.time_budget, 1.0)
+        return step / (train.epochs * self.steps_per_epoch)
+
     def run(self, on_progress: ProgressCallback | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
-        """Train from start_epoch to the configured number of epochs, evaluating after each."""
+        """Train from start_epoch until the last epoch (or the time budget) ends, evaluating after each epoch."""
         cfg = self.config
-        total_steps = cfg.train.epochs * self.steps_per_epoch
-        warmup_steps = int(round(cfg.train.warmup_epochs * self.steps_per_epoch))
+        budget = cfg.train.time_budget
         result = TrainResult(run_dir=self.run_dir, history=read_metrics(self.run_dir))
-        started = time.perf_counter()
+        self.write_run_info()
+        started = time.perf_counter() - self.elapsed_before
+        scores = None
         self.model.train()
-        for epoch in range(self.start_epoch, cfg.train.epochs):
+        epoch = self.start_epoch
+        while (epoch < cfg.train.epochs) if not budget else (time.perf_counter() - started < budget):
             # Reseed per epoch: the shuffle, augmentation and dropout of epoch e depend only on (seed, e).
             torch.manual_seed(cfg.train.seed * 100_003 + epoch)
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
@@ -211,29 +239,28 @@ class Trainer:
                 len(self.train_set), cfg.train.batch_size, shuffle=True, generator=generator, drop_last=True
             )
             for step_in_epoch, indices in enumerate(batches):
-                lr = warmup_cosine(
-                    epoch * self.steps_per_epoch + step_in_epoch,
-                    total_steps,
-                    warmup_steps,
-                    cfg.train.lr,
-                    cfg.train.min_lr,
-                )
+                step = epoch * self.steps_per_epoch + step_in_epoch
+                elapsed = time.perf_counter() - started
+                if budget and elapsed >= budget:
+                    break  # the budget ends mid-epoch: stop here with the schedule fully decayed
+                lr = self.learning_rate(step, elapsed)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 batch_loss, batch_correct = self.train_batch(indices.to(self.device), generator)
                 loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(indices)
                 if on_progress is not None:
-                    elapsed = time.perf_counter() - epoch_start
+                    now = time.perf_counter()
                     on_progress(
                         epoch,
-                        step_in_epoch + 1,
-                        self.steps_per_epoch,
+                        self.fraction_done(step + 1, now - started),
                         {
                             "loss": loss_sum / seen,
                             "accuracy": correct / seen,
-                            "images_per_second": seen / max(elapsed, 1e-9),
+                            "images_per_second": seen / max(now - epoch_start, 1e-9),
                         },
                     )
+            if seen == 0:
+                break
             train_seconds = time.perf_counter() - epoch_start
             scores = self.evaluate()
             stats = EpochStats(
@@ -245,15 +272,30 @@ class Trainer:
                 lr=lr,
                 seconds=time.perf_counter() - epoch_start,
                 images_per_second=seen / train_seconds,
+                elapsed=time.perf_counter() - started,
             )
             self.finish_epoch(stats)
             result.history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
-        result.final = self.evaluate()
+            epoch += 1
+        result.final = scores or self.evaluate()
         result.best_accuracy = max(self.best_accuracy, 0.0)
         result.seconds = time.perf_counter() - started
         return result
+
+    def write_run_info(self) -> None:
+        """Facts about where and how the run trains, beside its config (for reports and comparisons)."""
+        info = {
+            "train_images": len(self.train_set),
+            "test_images": len(self.test_set),
+            "steps_per_epoch": self.steps_per_epoch,
+            "device": str(self.device),
+            "precision": "bf16" if self.dtype else "fp32",
+            "threads": self.threads,
+            "torch": torch.__version__,
+        }
+        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
     def evaluate(self) -> EvalResult:
         """Score the current weights on the test split."""
@@ -278,7 +320,7 @@ class Trainer:
         if stats.test_accuracy > self.best_accuracy:
             self.best_accuracy = stats.test_accuracy
             save_checkpoint(self.checkpoint_dir / "best.safetensors", self.model, info)
-        self.save_resume_state(stats.epoch)
+        self.save_resume_state(stats.epoch, stats.elapsed)
 
 
 def read_metrics(run_dir: Path) -> list[EpochStats]:

@@ -14,11 +14,16 @@ A training step costs about 3x the forward FLOPs (forward, and backward for inpu
 
 from __future__ import annotations
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from vitlab.config import ModelConfig
 
 
 def forward_macs(config: ModelConfig) -> int:
-    """Multiply-accumulates of one image's forward pass."""
+    """Multiply-accumulates of one image's forward pass (ViT: the formula above)."""
+    if config.arch != "vit":
+        return counted_forward_flops(config) // 2
     n = config.num_patches
     t = n + (1 if config.pool == "cls" else 0)
     d, m = config.embed_dim, config.mlp_dim
@@ -43,3 +48,14 @@ def forward_flops(config: ModelConfig) -> int:
 def training_flops(config: ModelConfig) -> int:
     """FLOPs of one image's training step: forward plus a backward of twice the cost."""
     return 3 * forward_flops(config)
+
+
+def counted_forward_flops(config: ModelConfig) -> int:
+    """FLOPs of one forward pass counted by PyTorch's FLOP counter (used for the CNN baseline)."""
+    from vitlab.models.registry import build_model
+
+    model = build_model(config).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, config.in_channels, config.img_size, config.img_size))
+    return counter.get_total_flops()

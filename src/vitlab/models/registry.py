@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from torch import nn
+
 from vitlab.config import ModelConfig
 from vitlab.errors import ConfigError
+from vitlab.models.cnn import ResNet
+from vitlab.models.vit import ViT
 
 # The classic widths from the ViT and DeiT papers: name -> (embed_dim, depth, num_heads, mlp_ratio).
 CLASSIC_WIDTHS = {
@@ -22,6 +26,7 @@ SMALL_PRESETS: dict[str, dict] = {
     "mnist-small": dict(img_size=28, in_channels=1, patch_size=4, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0),
     "mnist-base": dict(img_size=28, in_channels=1, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
     "cifar-tiny": dict(img_size=32, in_channels=3, patch_size=4, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0),
+    "resnet-small": dict(arch="resnet", img_size=28, in_channels=1, embed_dim=16, depth=2),
     "cifar-small": dict(img_size=32, in_channels=3, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0),
 }
 
@@ -59,3 +64,8 @@ def model_config(name: str, **overrides: object) -> ModelConfig:
         raise ConfigError(f"unknown model key(s): {', '.join(unknown)}")
     fields.update(overrides)
     return ModelConfig(**fields)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model a config describes: a ViT, or the ResNet baseline."""
+    return ResNet(config) if config.arch == "resnet" else ViT(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vitlab.engine.train import EpochStats
 
@@ -13,16 +13,17 @@ from vitlab.engine.train import EpochStats
 class TrainingProgress:
     """A rich progress bar over all steps of a run, plus one printed line per finished epoch."""
 
-    def __init__(self, total_epochs: int, steps_per_epoch: int, start_epoch: int = 0, enabled: bool = True) -> None:
+    UNITS = 1000  # the bar counts thousandths of the run, by steps or by time budget
+
+    def __init__(self, total_epochs: int | None, start_fraction: float = 0.0, enabled: bool = True) -> None:
+        """total_epochs is None for a run that ends on a time budget."""
         self.console = Console(stderr=True)
-        self.total_epochs = total_epochs
-        self.steps_per_epoch = steps_per_epoch
-        self.start_epoch = start_epoch
+        self.epochs_label = f"/{total_epochs}" if total_epochs else ""
         self.enabled = enabled
         self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            TextColumn("[bold]epoch {task.fields[epoch]}{task.fields[epochs]}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
             TextColumn(
                 "loss {task.fields[loss]:.4f}  acc {task.fields[accuracy]:.2%}  {task.fields[speed]:,.0f} img/s"
             ),
@@ -34,9 +35,10 @@ class TrainingProgress:
         )
         self.task = self.progress.add_task(
             "train",
-            total=(total_epochs - start_epoch) * steps_per_epoch,
-            epoch=start_epoch + 1,
-            epochs=total_epochs,
+            total=self.UNITS,
+            completed=start_fraction * self.UNITS,
+            epoch="",
+            epochs=self.epochs_label,
             loss=float("nan"),
             accuracy=0.0,
             speed=0.0,
@@ -49,12 +51,11 @@ class TrainingProgress:
     def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.progress.stop()
 
-    def on_step(self, epoch: int, step: int, steps_per_epoch: int, stats: dict[str, float]) -> None:
-        """Advance the bar to this step of this epoch."""
-        done = (epoch - self.start_epoch) * steps_per_epoch + step
+    def on_step(self, epoch: int, fraction: float, stats: dict[str, float]) -> None:
+        """Advance the bar to this fraction of the run."""
         self.progress.update(
             self.task,
-            completed=done,
+            completed=fraction * self.UNITS,
             epoch=epoch + 1,
             loss=stats["loss"],
             accuracy=stats["accuracy"],
@@ -65,7 +66,7 @@ class TrainingProgress:
         """Print a one-line summary of a finished epoch above the bar."""
         if self.enabled:
             self.progress.console.print(
-                f"epoch {stats.epoch:>3}/{self.total_epochs}  train loss {stats.train_loss:.4f} "
+                f"epoch {stats.epoch:>3}{self.epochs_label}  train loss {stats.train_loss:.4f} "
                 f"acc {stats.train_accuracy:.2%}  test loss {stats.test_loss:.4f} acc {stats.test_accuracy:.2%}  "
                 f"lr {stats.lr:.2e}  {stats.images_per_second:,.0f} img/s  {stats.seconds:.1f}s"
             )

@@ -1,0 +1,267 @@
+"""Speed benchmark: vitlab against Hugging Face transformers' ViT, and against the machine's limit.
+
+For each configuration, in one process, with contenders interleaved and each measurement
+repeated (median and spread):
+  - training throughput: images/s of a full AdamW step at the same batch, dtype and threads,
+    on a ready batch ("model only") and from uint8 images through vitlab's batch pipeline
+    (indexing, augmentation, normalisation: "with data");
+  - inference throughput at batch 256 and latency at batch 1 (median and p99);
+  - the machine's limit: a large matrix product in fp32 and bf16 (GFLOP/s);
+  - model FLOP utilisation (MFU): achieved training FLOP/s over the bf16 matrix-product peak,
+    with FLOPs counted analytically (vitlab.models.flops: 2 x multiply-accumulates of every
+    matrix product; a training step is 3x the forward);
+  - peak resident memory of a training loop, measured in a fresh subprocess per contender.
+
+    python benchmarks/speed.py [--quick] [--configs mnist,w192,s16]
+
+Hugging Face runs with its fastest CPU setting found here (eager attention, bf16 autocast);
+vitlab with its defaults (bf16 autocast, explicit attention on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from common import RESULTS, machine_line, today
+
+from vitlab.config import ModelConfig
+from vitlab.data.augment import random_affine
+from vitlab.data.tensors import to_model_input
+from vitlab.engine.runtime import autocast_dtype
+from vitlab.models.flops import forward_flops, training_flops
+from vitlab.models.registry import DEFAULT_PRESET, model_config
+from vitlab.models.vit import ViT
+
+CONFIGS: dict[str, tuple[ModelConfig, int]] = {
+    # name: (architecture, training batch size)
+    "mnist": (model_config(DEFAULT_PRESET), 256),
+    "w192": (
+        ModelConfig(img_size=32, in_channels=3, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0),
+        128,
+    ),
+    "s16": (model_config("S/16"), 32),
+}
+
+
+def hf_model(config: ModelConfig, attention: str = "eager") -> torch.nn.Module:
+    """The same architecture in Hugging Face transformers: class token, learned positions, pre-norm."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    hf_config = ViTConfig(
+        image_size=config.img_size,
+        patch_size=config.patch_size,
+        num_channels=config.in_channels,
+        hidden_size=config.embed_dim,
+        num_hidden_layers=config.depth,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.mlp_dim,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=config.num_classes,
+        attn_implementation=attention,
+    )
+    model = ViTForImageClassification(hf_config)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values=images).logits
+
+    model.logits = forward
+    return model
+
+
+def vitlab_model(config: ModelConfig) -> torch.nn.Module:
+    model = ViT(config)
+    model.set_attention_kernel("cpu")
+    model.logits = model.forward
+    return model
+
+
+CONTENDERS: dict[str, Callable[[ModelConfig], torch.nn.Module]] = {
+    "vitlab": vitlab_model,
+    "hf-eager": lambda c: hf_model(c, "eager"),
+    "hf-sdpa": lambda c: hf_model(c, "sdpa"),
+}
+
+
+@dataclass
+class Measure:
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """Half the range between the smallest and largest sample, as a fraction of the median."""
+        return (max(self.samples) - min(self.samples)) / 2 / self.median if self.samples else 0.0
+
+
+def train_step_fn(model: torch.nn.Module, config: ModelConfig, batch: int, with_data: bool, dtype) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    model.train()
+    images_u8 = torch.randint(0, 255, (4096, config.in_channels, config.img_size, config.img_size), dtype=torch.uint8)
+    labels_all = torch.randint(0, config.num_classes, (4096,))
+    ready = torch.randn(batch, config.in_channels, config.img_size, config.img_size)
+    ready_labels = labels_all[:batch]
+    mean, std = [0.5] * config.in_channels, [0.25] * config.in_channels
+
+    def step() -> None:
+        if with_data:
+            index = torch.randint(0, 4096, (batch,))
+            images = images_u8[index].float().div_(255.0)
+            images = random_affine(images, degrees=10, scale=(0.9, 1.1), translate=0.1)
+            inputs, labels = to_model_input(images, mean, std, config.img_size, config.in_channels), labels_all[index]
+        else:
+            inputs, labels = ready, ready_labels
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model.logits(inputs).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(fn: Callable[[], None], repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a large square matrix product: the machine's practical limit."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    seconds = timed(lambda: a @ b, repeats)
+    return 2 * size**3 / seconds / 1e9
+
+
+def peak_memory_mb(contender: str, config_name: str, steps: int) -> float:
+    """Peak RSS of a fresh process running `steps` training steps of one contender."""
+    code = (
+        "import resource, sys, torch; sys.path.insert(0, 'benchmarks'); import speed; "
+        f"torch.set_num_threads({torch.get_num_threads()}); "
+        f"cfg, batch = speed.CONFIGS[{config_name!r}]; model = speed.CONTENDERS[{contender!r}](cfg); "
+        "step = speed.train_step_fn(model, cfg, batch, True, speed.DTYPE); "
+        f"[step() for _ in range({steps})]; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+DTYPE = autocast_dtype("auto", torch.device("cpu"))
+
+
+def bench_config(name: str, rounds: int, steps: int) -> dict:
+    config, batch = CONFIGS[name]
+    models = {c: make(config) for c, make in CONTENDERS.items()}
+    result: dict = {"config": name, "batch": batch, "forward_gflops": forward_flops(config) / 1e9, "contenders": {}}
+    train = {c: {"model only": [], "with data": []} for c in models}
+    infer = {c: {"batch256": [], "latency": []} for c in models}
+    fns = {
+        c: {
+            "model only": train_step_fn(m, config, batch, False, DTYPE),
+            "with data": train_step_fn(m, config, batch, True, DTYPE),
+        }
+        for c, m in models.items()
+    }
+    for c in models:  # warm-up
+        for fn in fns[c].values():
+            timed(fn, 2)
+    for _ in range(rounds):  # interleave contenders in every round
+        for c, m in models.items():
+            for kind, fn in fns[c].items():
+                train[c][kind].append(batch / timed(fn, steps))
+            m.eval()
+            big = torch.randn(256 if name != "s16" else 32, config.in_channels, config.img_size, config.img_size)
+            one = big[:1]
+            with torch.inference_mode(), torch.autocast("cpu", dtype=DTYPE, enabled=DTYPE is not None):
+                m.logits(big)
+                infer[c]["batch256"].append(len(big) / timed(lambda m=m, big=big: m.logits(big), 3))
+                m.logits(one)
+                latencies = []
+                for _ in range(50):
+                    start = time.perf_counter()
+                    m.logits(one)
+                    latencies.append(time.perf_counter() - start)
+                infer[c]["latency"].extend(latencies)
+            m.train()
+    for c in models:
+        lat = sorted(infer[c]["latency"])
+        result["contenders"][c] = {
+            "train_model_only": Measure(train[c]["model only"]).__dict__ | {"median": Measure(train[c]["model only"]).median, "spread": Measure(train[c]["model only"]).spread},
+            "train_with_data": {"median": Measure(train[c]["with data"]).median, "spread": Measure(train[c]["with data"]).spread},
+            "infer_throughput": {"median": Measure(infer[c]["batch256"]).median, "spread": Measure(infer[c]["batch256"]).spread},
+            "latency_ms": {"median": 1000 * statistics.median(lat), "p99": 1000 * lat[int(0.99 * (len(lat) - 1))]},
+            "train_flops_per_s": training_flops(config) * Measure(train[c]["model only"]).median,
+        }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="mnist,w192,s16")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one round, two steps: a smoke run")
+    parser.add_argument("--no-memory", action="store_true")
+    args = parser.parse_args()
+    rounds, steps = (1, 2) if args.quick else (args.rounds, args.steps)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    results = []
+    for name in args.configs.split(","):
+        res = bench_config(name, rounds, steps)
+        if not args.no_memory:
+            for c in res["contenders"]:
+                res["contenders"][c]["peak_memory_mb"] = peak_memory_mb(c, name, steps=5)
+        results.append(res)
+        print(json.dumps(res, indent=1)[:2000], flush=True)
+    write_report(results, peaks, args)
+    return 0
+
+
+def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Namespace) -> None:
+    lines = [
+        "# Speed: vitlab against Hugging Face ViT, and against the machine",
+        "",
+        f"- Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip() + "",
+        f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
+        f"- Date: {today()}",
+        f"- Autocast dtype: {DTYPE}; matrix-product peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
+        "- FLOPs per image are analytic (`vitlab.models.flops`): 2 x the multiply-accumulates of every matrix product; training = 3 x forward.",
+        "",
+        "| config | contender | train img/s (model only) | train img/s (with data) | data cost | ratio vs HF best | MFU (bf16 peak) | infer img/s | latency b=1 median / p99 (ms) | peak RSS (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for res in results:
+        hf_best = max(v["train_model_only"]["median"] for k, v in res["contenders"].items() if k.startswith("hf"))
+        for c, v in res["contenders"].items():
+            tm, td = v["train_model_only"], v["train_with_data"]
+            data_cost = 1 - td["median"] / tm["median"]
+            mfu = v["train_flops_per_s"] / (peaks["bf16"] * 1e9)
+            lines.append(
+                f"| {res['config']} (batch {res['batch']}) | {c} | {tm['median']:,.0f} ±{tm['spread']:.0%} | {td['median']:,.0f} ±{td['spread']:.0%} "
+                f"| {data_cost:.0%} | {tm['median'] / hf_best:.2f}x | {mfu:.0%} | {v['infer_throughput']['median']:,.0f} "
+                f"| {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} | {v.get('peak_memory_mb', float('nan')):,.0f} |"
+            )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

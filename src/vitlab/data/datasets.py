@@ -1,0 +1,79 @@
+"""One entry point for every data source: a named data set or an image folder, as in-memory splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vitlab.config import DataConfig
+from vitlab.data.folders import (
+    class_folders,
+    describe_skipped,
+    folder_files,
+    is_image_folder,
+    load_folder_split,
+    split_roots,
+)
+from vitlab.data.sources import ImageDataset, dataset_info, load_split
+
+
+@dataclass
+class Splits:
+    """Train and test splits with the class names and the normalisation statistics to use."""
+
+    name: str
+    train: ImageDataset
+    test: ImageDataset
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    notes: list[str]
+
+
+def input_shape(dataset: str) -> tuple[int, int]:
+    """(channels, classes) a model for this data set needs, without decoding any image."""
+    if is_image_folder(dataset):
+        train_root, _ = split_roots(Path(dataset).expanduser())
+        return 3, len(class_folders(train_root))
+    info = dataset_info(dataset)
+    return info.channels, len(info.class_names)
+
+
+def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images, in [0, 1] units."""
+    sample = images[:20_000].float().div_(255.0)
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def open_dataset(
+    data: DataConfig, channels: int, size: int, seed: int = 0, splits: tuple[str, ...] = ("train", "test")
+) -> Splits:
+    """Load the splits a run needs (subsets applied); image folders are decoded at the model's size."""
+    empty = ImageDataset(torch.zeros(0, channels, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), ())
+    if is_image_folder(data.dataset):
+        train_files, test_files, class_names = folder_files(data.dataset, data.test_fraction, seed)
+        loaded, notes = {}, []
+        for split, files in (("train", train_files), ("test", test_files)):
+            if split not in splits:
+                continue
+            part = load_folder_split(files, channels, size)
+            if part.skipped:
+                notes.append(f"{split}: {describe_skipped(part.skipped)}")
+            loaded[split] = ImageDataset(part.images, part.labels, class_names)
+        train = loaded.get("train", empty)
+        mean, std = channel_statistics(train.images) if len(train) else ((0.5,) * channels, (0.25,) * channels)
+        result = Splits(data.dataset, train, loaded.get("test", empty), class_names, mean, std, notes)
+    else:
+        info = dataset_info(data.dataset)
+        parts = {
+            split: load_split(info.name, split, data.data_dir) if split in splits else empty
+            for split in ("train", "test")
+        }
+        result = Splits(info.name, parts["train"], parts["test"], info.class_names, info.mean, info.std, [])
+    result.train = result.train.subset(data.train_subset)
+    result.test = result.test.subset(data.test_subset)
+    return result

@@ -1,0 +1,204 @@
+"""Image folders (`root/<class>/*.png|jpg|...`, optionally under `train/` and `test/` or `val/`).
+
+Images are decoded once, in worker processes, resized to the model's input and kept as uint8;
+the result is cached on disk (plain .npy arrays and JSON, never pickles) under a key made from
+the folder's file list, sizes and times, so later runs skip decoding. Unreadable files are
+skipped and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitlab.data.images import load_image
+from vitlab.errors import DataError, ImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+TEST_FOLDER_NAMES = ("test", "val")
+
+
+@dataclass
+class FolderSplit:
+    """Decoded images of one split, with the files that could not be read."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+    skipped: list[str]
+
+
+def cache_root() -> Path:
+    """Where decoded folders are cached: $VITLAB_CACHE, else ~/.cache/vitlab."""
+    return Path(os.environ.get("VITLAB_CACHE", Path.home() / ".cache" / "vitlab"))
+
+
+def is_image_folder(name: str) -> bool:
+    """Whether a --dataset value names a folder on disk rather than a known data set."""
+    return os.sep in name or name.startswith(".") or Path(name).is_dir()
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class sub-folders of a split folder, sorted by name; errors if there are none."""
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class folders; expected {root}/<class>/<image files>")
+    return classes
+
+
+def split_roots(root: Path) -> tuple[Path, Path | None]:
+    """(train root, test root) when the folder has train/ and test/ (or val/), else (root, None)."""
+    train = root / "train"
+    for name in TEST_FOLDER_NAMES:
+        if train.is_dir() and (root / name).is_dir():
+            return train, root / name
+    return root, None
+
+
+def list_files(root: Path, class_names: list[str]) -> list[tuple[str, int]]:
+    """(path, label) of every image file under root/<class>/, following no symlinked folders twice."""
+    files = []
+    for label, name in enumerate(class_names):
+        folder = root / name
+        if not folder.is_dir():
+            raise DataError(f"{root} lacks the class folder {name!r} that the training split has")
+        seen_dirs: set[tuple[int, int]] = set()
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            stat = os.stat(dirpath)
+            if (stat.st_dev, stat.st_ino) in seen_dirs:  # a symlink loop: walk each real folder once
+                dirnames.clear()
+                continue
+            seen_dirs.add((stat.st_dev, stat.st_ino))
+            dirnames.sort()
+            for filename in sorted(filenames):
+                if Path(filename).suffix.lower() in IMAGE_SUFFIXES:
+                    files.append((os.path.join(dirpath, filename), label))
+    return files
+
+
+def _decode(task: tuple[str, int, int]) -> np.ndarray | str:
+    path, channels, size = task
+    try:
+        return load_image(path, channels, size).numpy()
+    except ImageError as exc:
+        return str(exc)
+
+
+def decode_files(files: list[tuple[str, int]], channels: int, size: int, workers: int) -> FolderSplit:
+    """Decode a list of files in worker processes; unreadable ones are collected, not raised."""
+    tasks = [(path, channels, size) for path, _ in files]
+    chunk = max(1, len(tasks) // (workers * 16) if workers else 1)
+    if workers > 1 and len(tasks) > 256:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            decoded = list(pool.map(_decode, tasks, chunksize=chunk))
+    else:
+        decoded = [_decode(task) for task in tasks]
+    arrays, labels, skipped = [], [], []
+    for (path, label), item in zip(files, decoded):
+        if isinstance(item, str):
+            skipped.append(path)
+        else:
+            arrays.append(item)
+            labels.append(label)
+    images = np.stack(arrays) if arrays else np.zeros((0, channels, size, size), np.uint8)
+    return FolderSplit(torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64), (), skipped)
+
+
+def _cache_key(files: list[tuple[str, int]], channels: int, size: int) -> str:
+    digest = hashlib.sha256(f"v1 {channels} {size}\n".encode())
+    for path, label in files:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _write_cache(folder: Path, split: FolderSplit) -> None:
+    """Write the arrays and the index into a temporary folder, then rename it into place."""
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "images.npy", split.images.numpy(), allow_pickle=False)
+        np.save(tmp / "labels.npy", split.labels.numpy(), allow_pickle=False)
+        (tmp / "index.json").write_text(json.dumps({"skipped": split.skipped}))
+        tmp.rename(folder)
+    finally:
+        # Whatever failed (a full disk, or another process caching the same folder first),
+        # nothing half-written stays behind to be read later.
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(folder: Path) -> FolderSplit | None:
+    try:
+        images = np.load(folder / "images.npy", allow_pickle=False)
+        labels = np.load(folder / "labels.npy", allow_pickle=False)
+        skipped = json.loads((folder / "index.json").read_text())["skipped"]
+    except (OSError, ValueError, KeyError):
+        return None  # absent or damaged: decode again
+    return FolderSplit(torch.from_numpy(images), torch.from_numpy(labels), (), skipped)
+
+
+def load_folder_split(
+    files: list[tuple[str, int]], channels: int, size: int, use_cache: bool = True, workers: int | None = None
+) -> FolderSplit:
+    """Decoded images of these files, from the cache when the folder has not changed."""
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    folder = cache_root() / "folders" / _cache_key(files, channels, size)
+    if use_cache:
+        cached = _read_cache(folder)
+        if cached is not None:
+            return cached
+    split = decode_files(files, channels, size, workers)
+    if use_cache:
+        try:
+            _write_cache(folder, split)
+        except OSError as exc:  # a full or read-only disk costs the cache, not the run
+            print(f"vitlab: warning: could not cache decoded images in {folder.parent} ({exc})")
+    return split
+
+
+def stratified_split(files: list[tuple[str, int]], test_fraction: float, seed: int) -> tuple[list, list]:
+    """Split (path, label) pairs so each class keeps the same share in train and test."""
+    generator = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    labels = sorted({label for _, label in files})
+    for label in labels:
+        members = [item for item in files if item[1] == label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        cut = int(round(len(members) * test_fraction))
+        test += [members[i] for i in order[:cut]]
+        train += [members[i] for i in order[cut:]]
+    return train, test
+
+
+def folder_files(root: str | Path, test_fraction: float = 0.2, seed: int = 0) -> tuple[list, list, tuple[str, ...]]:
+    """(train files, test files, class names) of an image folder."""
+    root = Path(root).expanduser()
+    train_root, test_root = split_roots(root)
+    class_names = [p.name for p in class_folders(train_root)]
+    train_files = list_files(train_root, class_names)
+    empty = [name for label, name in enumerate(class_names) if not any(lab == label for _, lab in train_files)]
+    if empty:
+        raise DataError(f"class folder(s) with no images in {train_root}: {', '.join(empty[:5])}")
+    if test_root is not None:
+        test_files = list_files(test_root, class_names)
+    else:
+        train_files, test_files = stratified_split(train_files, test_fraction, seed)
+    return train_files, test_files, tuple(class_names)
+
+
+def describe_skipped(skipped: list[str]) -> str:
+    """'N unreadable files skipped (first: a, b, c)'."""
+    return f"{len(skipped)} unreadable file(s) skipped (first: {', '.join(skipped[:3])})"

@@ -1,0 +1,79 @@
+"""The comparison's outputs: a markdown table, the same as CSV, and accuracy against wall-clock time."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from vitlab.engine.compare import ContenderResult
+from vitlab.report.plots import plt, save_figure
+
+COLUMNS = (
+    "model",
+    "test accuracy",
+    "parameters",
+    "forward MFLOPs/image",
+    "train images/s",
+    "latency b=1 (ms)",
+    "seconds",
+)
+
+
+def _row(result: ContenderResult) -> list[str]:
+    return [
+        result.name,
+        f"{result.test_accuracy:.2%}",
+        f"{result.parameters:,}",
+        f"{result.forward_flops / 1e6:.1f}",
+        f"{result.train_images_per_second:,.0f}",
+        f"{result.latency_ms:.2f}",
+        f"{result.seconds:.0f}",
+    ]
+
+
+def write_comparison(results: list[ContenderResult], folder: Path, title: str) -> dict[str, Path]:
+    """Write compare.md, compare.csv and compare.png into folder; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "compare.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "model",
+                "test_accuracy",
+                "parameters",
+                "forward_flops",
+                "train_images_per_second",
+                "latency_ms",
+                "seconds",
+            ]
+        )
+        for r in results:
+            writer.writerow(
+                [
+                    r.name,
+                    r.test_accuracy,
+                    r.parameters,
+                    r.forward_flops,
+                    r.train_images_per_second,
+                    r.latency_ms,
+                    r.seconds,
+                ]
+            )
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in results:
+        if r.curve:
+            ax.plot([t / 60 for t, _ in r.curve], [100 * a for _, a in r.curve], "o-", label=r.name, markersize=3)
+    ax.set(xlabel="wall-clock minutes (training + evaluation)", ylabel="test accuracy (%)", title=title)
+    finals = [100 * a for r in results for _, a in r.curve]
+    if finals:
+        ax.set_ylim(max(min(finals) - 1, 0), min(max(finals) + 0.5, 100))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, folder / "compare.png")
+
+    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in results]
+    lines += ["", "![accuracy against wall-clock time](compare.png)", ""]
+    (folder / "compare.md").write_text("\n".join(lines))
+    return {"markdown": folder / "compare.md", "csv": folder / "compare.csv", "plot": folder / "compare.png"}

@@ -1,0 +1,162 @@
+"""A training run's report: `report.md` with PNG figures in `report/`, rebuilt from the run directory alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from vitlab.config import RunConfig, load_yaml
+from vitlab.data.datasets import open_dataset
+from vitlab.data.tensors import num_batches, to_model_input
+from vitlab.engine.checkpoint import load_checkpoint
+from vitlab.engine.evaluate import predict_logits, scores_from_logits
+from vitlab.engine.schedule import warmup_cosine
+from vitlab.errors import ConfigError
+from vitlab.explain.attention import layer_maps, rollout_map, to_image_grid
+from vitlab.models.vit import ViT
+from vitlab.report import plots
+
+MISCLASSIFIED_SHOWN = 24
+ATTENTION_EXAMPLES = 3
+
+
+def most_confused_pairs(confusion: torch.Tensor, class_names: list[str], count: int = 5) -> list[tuple[str, str, int]]:
+    """The off-diagonal cells with the most errors: (true class, predicted class, count)."""
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    values, flat = off.flatten().topk(min(count, off.numel()))
+    size = confusion.shape[1]
+    return [
+        (class_names[i // size], class_names[i % size], int(v)) for v, i in zip(values.tolist(), flat.tolist()) if v > 0
+    ]
+
+
+def attention_figures(
+    model: ViT, images: torch.Tensor, mean: list[float], std: list[float], folder: Path
+) -> list[Path]:
+    """Per-layer and rollout attention overlays for a few uint8 images."""
+    config = model.config
+    inputs = to_model_input(images, mean, std, config.img_size, config.in_channels)
+    with torch.no_grad():
+        intermediates = model(inputs, return_intermediates=True)
+    per_layer = to_image_grid(layer_maps(model, intermediates), model)  # (layers, batch, H, W)
+    rolled = to_image_grid(rollout_map(model, intermediates), model)  # (batch, H, W)
+    shown = torch.nn.functional.interpolate(images.float(), size=config.img_size).to(torch.uint8)
+    paths = []
+    for index in range(len(images)):
+        maps = torch.cat([per_layer[:, index], rolled[index : index + 1]])
+        titles = [f"layer {layer}" for layer in range(config.depth)] + ["rollout"]
+        paths.append(
+            plots.plot_attention_overlays(
+                shown[index], maps, titles, folder / f"attention_{index}.png", f"Attention ({config.pool} pooling)"
+            )
+        )
+    return paths
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write run_dir/report.md and run_dir/report/*.png from the run's config, metrics and last checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"{run_dir} is not a finished run directory (needs config.yaml and metrics.jsonl)")
+    config = RunConfig.from_dict(load_yaml(run_dir / "config.yaml"))
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not history:
+        raise ConfigError(f"{run_dir} has no finished epoch to report on")
+    model, metadata = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    names = list(metadata["class_names"])
+    test = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed, ("test",)).test
+    logits = predict_logits(model, test.images, mean=metadata["mean"], std=metadata["std"])
+    scores = scores_from_logits(logits, test.labels)
+    predicted = logits.argmax(dim=1)
+    folder = run_dir / "report"
+
+    plots.plot_curves(history, folder / "curves.png")
+    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    steps_per_epoch = run_info.get("steps_per_epoch") or num_batches(60000, config.train.batch_size, drop_last=True)
+    total = config.train.epochs * steps_per_epoch
+    warmup = int(round(config.train.warmup_epochs * steps_per_epoch))
+    steps = list(range(0, total, max(1, total // 400)))
+    plots.plot_learning_rate(
+        steps, [warmup_cosine(s, total, warmup, config.train.lr, config.train.min_lr) for s in steps], folder / "lr.png"
+    )
+    plots.plot_confusion(scores.confusion, names, folder / "confusion.png")
+    plots.plot_per_class(scores.per_class_accuracy, names, folder / "per_class.png")
+    wrong = (predicted != test.labels).nonzero().flatten()[:MISCLASSIFIED_SHOWN]
+    captions = [f"true {names[test.labels[i]]}\npred {names[predicted[i]]}" for i in wrong.tolist()]
+    plots.plot_image_grid(test.images[wrong], captions, folder / "misclassified.png", "Misclassified test images")
+    has_attention = config.model.arch == "vit"
+    if has_attention:
+        attention_figures(model, test.images[:ATTENTION_EXAMPLES], metadata["mean"], metadata["std"], folder)
+
+    pairs = most_confused_pairs(scores.confusion, names)
+    total_seconds = sum(h["seconds"] for h in history)
+    best = max(history, key=lambda h: h["test_accuracy"])
+    lines = [
+        f"# Training report: {run_dir.name}",
+        "",
+        f"{config.preset or 'custom'} {config.model.arch} on {config.data.dataset}, {len(history)} of {config.train.epochs} epochs, "
+        f"{total_seconds:.0f} s of training and evaluation.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| final test accuracy (last checkpoint) | {scores.accuracy:.2%} |",
+        f"| best test accuracy | {best['test_accuracy']:.2%} (epoch {best['epoch']}) |",
+        f"| final test loss | {scores.loss:.4f} |",
+        f"| top-5 accuracy | {scores.top5_accuracy:.2%} |",
+        f"| training speed (last epoch) | {history[-1]['images_per_second']:,.0f} images/s |",
+        f"| test images | {scores.num_examples:,} |",
+        *[f"| {key.replace('_', ' ')} | {value} |" for key, value in run_info.items()],
+        "",
+        "## Curves",
+        "",
+        "![loss and accuracy](report/curves.png)",
+        "",
+        "![learning rate](report/lr.png)",
+        "",
+        "## Errors",
+        "",
+        "![confusion matrix](report/confusion.png)",
+        "",
+        "![per-class accuracy](report/per_class.png)",
+        "",
+        "Most confused pairs (true -> predicted: count):",
+        "",
+        *([f"- {t} -> {p}: {n}" for t, p, n in pairs] or ["- none"]),
+        "",
+        "![misclassified test images](report/misclassified.png)",
+        "",
+        *(
+            [
+                "## Attention",
+                "",
+                "Head-averaged attention from the pooling query to each patch, per layer, and attention rollout.",
+                "",
+                *[f"![attention {i}](report/attention_{i}.png)" for i in range(min(ATTENTION_EXAMPLES, len(test)))],
+                "",
+            ]
+            if has_attention
+            else []
+        ),
+        "## Epochs",
+        "",
+        "| epoch | train loss | train acc | test loss | test acc | lr | images/s | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_accuracy']:.2%} | {h['test_loss']:.4f} | "
+            f"{h['test_accuracy']:.2%} | {h['lr']:.2e} | {h['images_per_second']:,.0f} | {h['seconds']:.1f} |"
+            for h in history
+        ],
+        "",
+        "## Config",
+        "",
+        "```yaml",
+        (run_dir / "config.yaml").read_text().strip(),
+        "```",
+        "",
+    ]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,121 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitlab.config import DataConfig
+from vitlab.data import folders
+from vitlab.data.datasets import input_shape, open_dataset
+from vitlab.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+
+
+def make_folder(root, classes=("cat", "dog"), per_class=6, modes=("RGB", "L", "RGBA", "P")):
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            size = (20 + 3 * index, 17 + 2 * index)
+            base = np.full((size[1], size[0], 3), 60 + 120 * label, dtype=np.uint8)
+            noise = rng.integers(0, 30, base.shape, dtype=np.uint8)
+            image = Image.fromarray(base + noise).convert(modes[index % len(modes)])
+            image.save(
+                root / name / f"{index}.{'png' if index % 2 else 'jpg'}"
+                if image.mode in ("RGB", "L")
+                else root / name / f"{index}.png"
+            )
+    return root
+
+
+def test_train_and_test_folders_become_labelled_uint8_splits(tmp_path):
+    make_folder(tmp_path / "data" / "train")
+    make_folder(tmp_path / "data" / "test", per_class=3)
+    splits = open_dataset(DataConfig(dataset=str(tmp_path / "data")), channels=3, size=16)
+    assert splits.class_names == ("cat", "dog")
+    assert splits.train.images.shape == (12, 3, 16, 16) and splits.train.images.dtype == torch.uint8
+    assert splits.test.images.shape == (6, 3, 16, 16)
+    assert sorted(splits.train.labels.tolist()) == [0] * 6 + [1] * 6
+    assert len(splits.mean) == 3 and all(s > 0 for s in splits.std)
+    assert input_shape(str(tmp_path / "data")) == (3, 2)
+
+
+def test_flat_folder_gets_a_seeded_stratified_split(tmp_path):
+    make_folder(tmp_path / "flat", per_class=10)
+    config = DataConfig(dataset=str(tmp_path / "flat"), test_fraction=0.3)
+    first = open_dataset(config, channels=1, size=12, seed=5)
+    again = open_dataset(config, channels=1, size=12, seed=5)
+    assert torch.bincount(first.test.labels).tolist() == [3, 3]
+    assert torch.equal(first.test.images, again.test.images)
+    other = open_dataset(config, channels=1, size=12, seed=6)
+    assert not torch.equal(first.test.images, other.test.images)
+
+
+def test_unreadable_files_are_skipped_and_reported(tmp_path):
+    root = make_folder(tmp_path / "data")
+    (root / "cat" / "notes.jpg").write_text("not a picture")
+    good = (root / "dog" / "0.jpg").read_bytes()
+    (root / "dog" / "broken.jpg").write_bytes(good[: len(good) // 3])
+    (root / "dog" / "readme.txt").write_text("ignored: not an image suffix")
+    splits = open_dataset(DataConfig(dataset=str(root)), channels=3, size=16)
+    assert len(splits.train) + len(splits.test) == 12
+    notes = " ".join(splits.notes)
+    assert notes.count("1 unreadable file(s)") + notes.count("2 unreadable file(s)") >= 1
+    assert "notes.jpg" in notes and "broken.jpg" in notes
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class folders"):
+        open_dataset(DataConfig(dataset=str(tmp_path / "empty")), 3, 16)
+    root = make_folder(tmp_path / "data")
+    (root / "bird").mkdir()
+    with pytest.raises(DataError, match="no images.*bird"):
+        open_dataset(DataConfig(dataset=str(root)), 3, 16)
+    with pytest.raises(DataError, match="not found"):
+        open_dataset(DataConfig(dataset=str(tmp_path / "absent/")), 3, 16)
+
+
+def test_symlink_loop_does_not_hang(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=3)
+    os.symlink(root / "cat", root / "cat" / "loop")
+    splits = open_dataset(DataConfig(dataset=str(root), test_fraction=0.34), 3, 16)
+    assert len(splits.train) + len(splits.test) == 6
+
+
+def test_decoded_folder_is_cached_and_invalidated_by_changes(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "data", per_class=4)
+    config = DataConfig(dataset=str(root), test_fraction=0.25)
+    first = open_dataset(config, 3, 16)
+    calls = []
+    monkeypatch.setattr(
+        folders, "decode_files", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError)
+    )
+    cached = open_dataset(config, 3, 16)  # no decoding: would raise
+    assert torch.equal(first.train.images, cached.train.images) and not calls
+    Image.new("RGB", (9, 9), (255, 0, 0)).save(root / "cat" / "new.png")
+    with pytest.raises(AssertionError):
+        open_dataset(config, 3, 16)  # the folder changed, so it must decode again
+
+
+def test_full_disk_while_caching_costs_the_cache_not_the_run(tmp_path, monkeypatch, capsys):
+    root = make_folder(tmp_path / "data", per_class=4)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(folders.np, "save", disk_full)
+    splits = open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16)
+    assert len(splits.train) == 6
+    assert "could not cache" in capsys.readouterr().out
+    cache = tmp_path / "cache" / "folders"
+    assert not cache.exists() or not any(cache.iterdir())  # no half-written cache left behind
+    monkeypatch.undo()
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    again = open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16)  # half-written tmp not used
+    assert torch.equal(again.train.images, splits.train.images)

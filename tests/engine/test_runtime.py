@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from vitlab.engine import runtime
+from vitlab.engine.schedule import warmup_cosine
+from vitlab.errors import ConfigError
+
+
+def test_auto_device_follows_cuda_availability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        runtime.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.resolve_device("auto").type == "cuda"
+    with pytest.raises(ConfigError, match="unknown device"):
+        runtime.resolve_device("abacus")
+
+
+def test_precision_choice_per_device(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert runtime.autocast_dtype("fp32", cpu) is None
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    assert runtime.autocast_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    assert runtime.autocast_dtype("auto", cpu) is None
+    with pytest.raises(ConfigError, match="no bf16 support"):
+        runtime.autocast_dtype("bf16", cpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert runtime.autocast_dtype("auto", cuda) == torch.bfloat16
+
+
+def test_warmup_then_cosine_schedule():
+    lrs = [warmup_cosine(step, 100, 10, 1.0, 0.0) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5)  # half-way through the decay
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert warmup_cosine(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
