@@ -26,6 +26,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         trainer = trainer_for_resume(run_dir, epochs=args.epochs)
+    elif args.command == "finetune":
+        from vitlab.recipes import resolve_finetune_config
+
+        config = resolve_finetune_config(
+            source=args.source,
+            dataset=args.dataset,
+            img_size=args.img_size,
+            freeze_until=args.freeze_until,
+            layer_decay=args.layer_decay,
+            epochs=args.epochs,
+            seed=args.seed,
+            overrides=args.overrides
+            + ([f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []),
+        )
+        run_dir = (
+            Path(args.out)
+            if args.out
+            else Path("runs") / time.strftime(f"finetune-{Path(args.dataset).name}-%Y%m%d-%H%M%S")
+        )
+        prepare_run_dir(config, run_dir)
+        trainer = Trainer(config, run_dir)
     else:
         config = resolve_run_config(
             preset=args.model,
@@ -196,7 +217,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  forward FLOPs     {payload['forward_flops_per_image'] / 1e6:,.2f} M per image")
     print(f"  training FLOPs    {payload['training_flops_per_image'] / 1e6:,.2f} M per image (3x forward)")
     if config.arch == "vit":
-        tokens = config.num_patches + (1 if config.pool == "cls" else 0)
+        tokens = config.num_tokens
         print(f"  tokens            {tokens} ({config.grid_size}x{config.grid_size} patches of {config.patch_size}px)")
         print(
             f"  architecture      ViT: width {config.embed_dim}, depth {config.depth}, heads {config.num_heads}, "
@@ -356,20 +377,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a ViT and evaluate it after each epoch")
-    train.add_argument("--dataset", help="data set name (default: mnist)")
+    train = sub.add_parser("train", help="train a model and evaluate it after each epoch")
+    finetune = sub.add_parser("finetune", help="start from pretrained weights (vitlab, Hugging Face or timm)")
+    finetune.add_argument(
+        "source", help="a vitlab run or checkpoint, a Hugging Face ViT folder, or a timm weights file"
+    )
+    finetune.add_argument("--dataset", required=True, help="data set name or image folder to fine-tune on")
+    finetune.add_argument("--img-size", type=int, help="new input size; the position table is resampled")
+    finetune.add_argument("--freeze-until", type=int, default=0, help="freeze embeddings and the first N blocks")
+    finetune.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise learning-rate decay, e.g. 0.75")
+    train.add_argument("--dataset", help="data set name (default: mnist) or an image folder")
     train.add_argument("--model", help="model preset, e.g. mnist-small, cifar-tiny, Ti/16 (see `vitlab info`)")
-    train.add_argument("--epochs", type=int, help="number of epochs")
-    train.add_argument("--time-budget", help="train for this long (e.g. 10m, 90s, 1h) with the schedule on time")
-    train.add_argument("--out", help="run directory (default: runs/<dataset>-<time>)")
-    train.add_argument("--seed", type=int, help="random seed; the same seed repeats the run")
     train.add_argument("--config", help="YAML file with sections model, data, train")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
-    train.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.002")
-    train.set_defaults(handler=cmd_train)
+    for command in (train, finetune):
+        command.add_argument("--epochs", type=int, help="number of epochs")
+        command.add_argument("--time-budget", help="train for this long (e.g. 10m, 90s, 1h) with the schedule on time")
+        command.add_argument("--out", help="run directory (default: runs/<dataset>-<time>)")
+        command.add_argument("--seed", type=int, help="random seed; the same seed repeats the run")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
+        command.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
+        command.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+        command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.002")
+        command.set_defaults(handler=cmd_train, resume=None)
 
     evaluate = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")

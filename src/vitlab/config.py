@@ -44,6 +44,8 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     posenc: str = "learned"
     pool: str = "cls"
+    class_token: bool = False  # pool=cls always has one; true keeps one with mean/map pooling too (timm's avg models)
+    norm_after_pool: bool = False  # final LayerNorm on the pooled vector instead of every token (timm's fc_norm)
     head: str = "linear"
     head_hidden_dim: int = 0  # 0 means embed_dim; only used by head="mlp"
     qkv_bias: bool = True
@@ -63,6 +65,16 @@ class ModelConfig:
     def num_patches(self) -> int:
         """Number of patch tokens."""
         return self.grid_size**2
+
+    @property
+    def has_class_token(self) -> bool:
+        """Whether a class token is prepended to the patch tokens."""
+        return self.pool == "cls" or self.class_token
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the encoder sees: patches plus the class token when there is one."""
+        return self.num_patches + int(self.has_class_token)
 
     @property
     def mlp_dim(self) -> int:
@@ -152,6 +164,10 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     time_budget: float = 0.0  # seconds; when set, the run ends on time and train.epochs is ignored
+    ema_decay: float = 0.0  # 0 disables the exponential moving average of the weights
+    init_from: str = ""  # pretrained weights: a vitlab checkpoint or run, a Hugging Face folder, a timm file
+    freeze_until: int = 0  # freeze the embeddings and the first N encoder blocks
+    layer_decay: float = 1.0  # learning rate of block i scaled by layer_decay^(depth - i)
 
     def validate(self) -> None:
         """Raise ConfigError for values that cannot be used."""
@@ -165,6 +181,10 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 < self.layer_decay <= 1 or self.freeze_until < 0:
+            raise ConfigError("train.layer_decay must be in (0, 1] and train.freeze_until not negative")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.time_budget < 0:
             raise ConfigError(f"train.time_budget must not be negative, got {self.time_budget}")
         if self.warmup_epochs < 0 or self.grad_clip < 0 or self.threads < 0:

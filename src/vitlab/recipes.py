@@ -36,3 +36,32 @@ def resolve_run_config(
     if seed is not None:
         config.train.seed = seed
     return apply_overrides(config, overrides or []).validate()
+
+
+def resolve_finetune_config(
+    *,
+    source: str,
+    dataset: str,
+    img_size: int | None = None,
+    freeze_until: int = 0,
+    layer_decay: float = 1.0,
+    epochs: int | None = None,
+    seed: int | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """A run that starts from `source`'s architecture and weights, with a head for `dataset`'s classes."""
+    from vitlab.engine.finetune import read_source
+
+    source_config, _, _ = read_source(source)
+    _, classes = input_shape(dataset)
+    model = dataclasses.replace(source_config, num_classes=classes, img_size=img_size or source_config.img_size)
+    config = RunConfig(model=model, preset=f"finetune:{source}")
+    config.data.dataset = dataset
+    config.train.init_from = str(source)
+    config.train.freeze_until = freeze_until
+    config.train.layer_decay = layer_decay
+    if epochs is not None:
+        config.train.epochs = epochs
+    if seed is not None:
+        config.train.seed = seed
+    return apply_overrides(config, overrides or []).validate()

@@ -48,14 +48,15 @@ def test_same_seed_repeats_the_run_exactly(tmp_path):
     assert first.final.accuracy == second.final.accuracy
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
-    straight = new_trainer(tmp_path, quick_config(epochs=2), "straight")
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, ema_decay):
+    straight = new_trainer(tmp_path, quick_config(epochs=2, ema_decay=ema_decay), "straight")
     straight.run()
 
     def interrupt(stats):
         raise KeyboardInterrupt  # Ctrl-C just after the first epoch's checkpoints were written
 
-    interrupted = new_trainer(tmp_path, quick_config(epochs=2), "resumed")
+    interrupted = new_trainer(tmp_path, quick_config(epochs=2, ema_decay=ema_decay), "resumed")
     with pytest.raises(KeyboardInterrupt):
         interrupted.run(on_epoch=interrupt)
     resumed = trainer_for_resume(tmp_path / "resumed")
@@ -64,6 +65,9 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
 
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+    if ema_decay:
+        for a, b in zip(straight.ema_model.parameters(), resumed.ema_model.parameters()):
+            torch.testing.assert_close(a, b)
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
 
@@ -104,3 +108,17 @@ def test_time_budget_ends_the_run_on_time_with_the_schedule_decayed(tmp_path):
     assert result.history[-1].elapsed >= 3.0
     assert max(seen_lrs) == pytest.approx(0.002, rel=0.05)
     assert seen_lrs[-1] < 0.1 * max(seen_lrs)  # decayed by the time the budget ran out
+
+
+def test_ema_weights_are_evaluated_and_saved_beside_the_raw_weights(tmp_path):
+    trainer = new_trainer(tmp_path, quick_config(epochs=1, ema_decay=0.99))
+    result = trainer.run()
+    stats = result.history[-1]
+    assert stats.ema_test_accuracy is not None and 0.0 <= stats.ema_test_accuracy <= 1.0
+    ema, metadata = load_checkpoint(tmp_path / "run" / "checkpoints" / "ema.safetensors")
+    assert metadata["weights"] == "ema"
+    raw = trainer.model.state_dict()
+    assert any(not torch.equal(value, raw[name]) for name, value in ema.state_dict().items())
+    _, best = load_checkpoint(tmp_path / "run")
+    assert best["weights"] in ("raw", "ema")
+    assert best["metrics"]["test_accuracy"] == max(stats.test_accuracy, stats.ema_test_accuracy)

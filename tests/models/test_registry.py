@@ -34,8 +34,9 @@ def test_unknown_preset_names_the_known_ones():
 
 @pytest.mark.parametrize("pool", ["cls", "mean", "map"])
 @pytest.mark.parametrize("head", ["linear", "mlp"])
-def test_analytic_flops_match_pytorchs_flop_counter(pool, head):
-    config = tiny_config(pool=pool, head=head, patch_size=4, embed_dim=48, num_heads=3)
+@pytest.mark.parametrize("class_token", [False, True])
+def test_analytic_flops_match_pytorchs_flop_counter(pool, head, class_token):
+    config = tiny_config(pool=pool, head=head, patch_size=4, embed_dim=48, num_heads=3, class_token=class_token)
     model = ViT(config).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

@@ -183,3 +183,13 @@ def test_impossible_configs_are_refused(overrides, message):
 def test_no_weight_decay_names_tokens_and_position_table():
     assert ViT(tiny_config(pool="cls", posenc="learned")).no_weight_decay() == {"cls_token", "pos_embed"}
     assert ViT(tiny_config(pool="map", posenc="sincos2d")).no_weight_decay() == {"attn_pool.probe"}
+
+
+def test_class_token_with_mean_pooling_and_norm_after_pooling():
+    torch.manual_seed(0)
+    model = ViT(tiny_config(pool="mean", class_token=True, norm_after_pool=True)).eval()
+    images = torch.randn(2, 1, 28, 28)
+    out = model(images, return_intermediates=True)
+    assert out["tokens"].shape == (2, 17, 32)
+    expected = model.norm(out["tokens"][:, 1:].mean(dim=1))  # the class token is not averaged in
+    torch.testing.assert_close(out["pooled"], expected)

@@ -7,6 +7,7 @@ epoch reseeds from (seed, epoch), so a resumed run continues exactly as if never
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from vitlab.data.sources import ImageDataset
 from vitlab.data.tensors import batch_indices, num_batches, to_model_input
 from vitlab.engine.checkpoint import RESUME_FORMAT, load_state_strict, load_tensors, save_checkpoint, save_tensors
 from vitlab.engine.evaluate import EvalResult, evaluate
+from vitlab.engine.finetune import adapt_state, freeze_until, layer_scale, load_pretrained, read_source
 from vitlab.engine.runtime import autocast, autocast_dtype, configure_threads, resolve_device
 from vitlab.engine.schedule import warmup_cosine
 from vitlab.errors import CheckpointError, ConfigError
@@ -44,6 +46,7 @@ class EpochStats:
     seconds: float
     images_per_second: float
     elapsed: float = 0.0  # seconds since the run started (across resumes) when this epoch ended
+    ema_test_accuracy: float | None = None  # the EMA weights' test accuracy, when train.ema_decay is set
 
 
 @dataclass
@@ -63,23 +66,28 @@ EpochCallback = Callable[[EpochStats], None]
 
 
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """AdamW (or Adam) with no weight decay on biases, norms, tokens and position tables."""
+    """AdamW (or Adam) over trainable parameters: no weight decay on biases, norms, tokens and position
+    tables, and a per-group learning-rate scale for layer-wise decay."""
     skip = model.no_weight_decay()
-    decay, no_decay = [], []
+    depth = config.model.depth
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        if not param.requires_grad:
+            continue
+        decays = param.ndim > 1 and name not in skip
+        groups.setdefault((decays, layer_scale(name, depth, config.train.layer_decay)), []).append(param)
+    param_groups = [
+        {"params": params, "weight_decay": config.train.weight_decay if decays else 0.0, "lr_scale": scale}
+        for (decays, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
     ]
     cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=config.train.lr, betas=(config.train.beta1, config.train.beta2), foreach=True)
+    return cls(param_groups, lr=config.train.lr, betas=(config.train.beta1, config.train.beta2), foreach=True)
 
 
 class Trainer:
     """Owns one run: its data, model, optimiser, and the run directory it writes."""
 
-    def __init__(self, config: RunConfig, run_dir: Path) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, resuming: bool = False) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.train.device)
@@ -100,7 +108,12 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model).to(self.device)
         self.model.set_attention_kernel(self.device.type)
+        if config.train.init_from and not resuming:  # a resume restores its own weights
+            self.start_from_pretrained(config.train.init_from)
+        freeze_until(self.model, config.train.freeze_until)
         self.optimizer = build_optimizer(self.model, config)
+        self.ema_model = make_ema(self.model) if config.train.ema_decay else None
+        self.optimizer_steps = 0
         self.steps_per_epoch = num_batches(len(self.train_set), config.train.batch_size, drop_last=True)
         if self.steps_per_epoch == 0:
             raise ConfigError(
@@ -113,6 +126,14 @@ class Trainer:
         # Kept on the device once, so each batch is an index into memory, not a Python loop.
         self.train_images = self.train_set.images.to(self.device)
         self.train_labels = self.train_set.labels.to(self.device)
+
+    def start_from_pretrained(self, source: str) -> None:
+        """Initialise from another model's weights, adapted to this model's grid and classes."""
+        source_config, state, source_classes = read_source(source)
+        keep_head = source_config.num_classes == self.config.model.num_classes and (
+            source_classes is None or list(source_classes) == list(self.class_names)
+        )
+        load_pretrained(self.model, adapt_state(state, source_config, self.config.model, keep_head), source)
 
     # ----- run directory --------------------------------------------------------------------
     @property
@@ -134,6 +155,8 @@ class Trainer:
     def save_resume_state(self, epoch: int, elapsed: float) -> None:
         """Weights, optimiser state and position in one file, so a resume never mixes epochs."""
         tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
+        if self.ema_model is not None:
+            tensors |= {f"ema.{name}": value for name, value in self.ema_model.state_dict().items()}
         optimizer_state = self.optimizer.state_dict()
         for index, state in optimizer_state["state"].items():
             for key, value in state.items():
@@ -143,6 +166,7 @@ class Trainer:
             "epoch": epoch,
             "best_accuracy": self.best_accuracy,
             "elapsed": elapsed,
+            "optimizer_steps": self.optimizer_steps,
             "param_groups": groups,
         }
         save_tensors(self.checkpoint_dir / "resume.safetensors", tensors, metadata, RESUME_FORMAT)
@@ -155,6 +179,9 @@ class Trainer:
         tensors, metadata = load_tensors(path, expected_format=RESUME_FORMAT)
         model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         load_state_strict(self.model, model_state, path)
+        if self.ema_model is not None:
+            ema_state = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
+            load_state_strict(self.ema_model, ema_state or model_state, path)
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("optimizer."):
@@ -170,6 +197,7 @@ class Trainer:
         self.start_epoch = int(metadata["epoch"])
         self.best_accuracy = float(metadata["best_accuracy"])
         self.elapsed_before = float(metadata.get("elapsed", 0.0))
+        self.optimizer_steps = int(metadata.get("optimizer_steps", 0))
 
     # ----- the loop ---------------------------------------------------------------------------
     def train_batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[float, int]:
@@ -194,6 +222,9 @@ class Trainer:
         if cfg.train.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         self.optimizer.step()
+        self.optimizer_steps += 1
+        if self.ema_model is not None:
+            update_ema(self.ema_model, self.model, cfg.train.ema_decay, self.optimizer_steps)
         correct = (logits.argmax(dim=1) == labels).sum()
         return loss.item() * len(labels), int(correct)
 
@@ -245,7 +276,7 @@ class Trainer:
                     break  # the budget ends mid-epoch: stop here with the schedule fully decayed
                 lr = self.learning_rate(step, elapsed)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 batch_loss, batch_correct = self.train_batch(indices.to(self.device), generator)
                 loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(indices)
                 if on_progress is not None:
@@ -263,6 +294,7 @@ class Trainer:
                 break
             train_seconds = time.perf_counter() - epoch_start
             scores = self.evaluate()
+            ema_scores = self.evaluate(self.ema_model) if self.ema_model is not None else None
             stats = EpochStats(
                 epoch=epoch + 1,
                 train_loss=loss_sum / seen,
@@ -273,6 +305,7 @@ class Trainer:
                 seconds=time.perf_counter() - epoch_start,
                 images_per_second=seen / train_seconds,
                 elapsed=time.perf_counter() - started,
+                ema_test_accuracy=ema_scores.accuracy if ema_scores else None,
             )
             self.finish_epoch(stats)
             result.history.append(stats)
@@ -297,10 +330,10 @@ class Trainer:
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
-    def evaluate(self) -> EvalResult:
-        """Score the current weights on the test split."""
+    def evaluate(self, model: nn.Module | None = None) -> EvalResult:
+        """Score the current weights (or another model's, e.g. the EMA) on the test split."""
         return evaluate(
-            self.model,
+            model or self.model,
             self.test_set.images,
             self.test_set.labels,
             mean=self.mean,
@@ -317,10 +350,37 @@ class Trainer:
         metrics = {"test_accuracy": stats.test_accuracy, "test_loss": stats.test_loss}
         info = self.checkpoint_info(stats.epoch, metrics)
         save_checkpoint(self.checkpoint_dir / "last.safetensors", self.model, info)
-        if stats.test_accuracy > self.best_accuracy:
-            self.best_accuracy = stats.test_accuracy
-            save_checkpoint(self.checkpoint_dir / "best.safetensors", self.model, info)
+        candidates = [(stats.test_accuracy, self.model, "raw")]
+        if self.ema_model is not None:
+            ema_info = self.checkpoint_info(stats.epoch, {"test_accuracy": stats.ema_test_accuracy}) | {
+                "weights": "ema"
+            }
+            save_checkpoint(self.checkpoint_dir / "ema.safetensors", self.ema_model, ema_info)
+            candidates.append((stats.ema_test_accuracy, self.ema_model, "ema"))
+        accuracy, model, kind = max(candidates, key=lambda c: c[0])
+        if accuracy > self.best_accuracy:
+            self.best_accuracy = accuracy
+            best_info = self.checkpoint_info(stats.epoch, {"test_accuracy": accuracy}) | {"weights": kind}
+            save_checkpoint(self.checkpoint_dir / "best.safetensors", model, best_info)
         self.save_resume_state(stats.epoch, stats.elapsed)
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    """A frozen copy of the model whose weights will track an exponential moving average."""
+    ema = copy.deepcopy(model).eval()
+    for param in ema.parameters():
+        param.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema = d * ema + (1 - d) * weights, with d ramped up over the first steps (so early weights fade)."""
+    effective = min(decay, (1 + step) / (10 + step))
+    ema_params = [p for p in ema.parameters()]
+    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - effective)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
 
 
 def read_metrics(run_dir: Path) -> list[EpochStats]:
@@ -350,7 +410,7 @@ def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:
     if epochs is not None:
         config.train.epochs = epochs
         save_yaml(config, config_path)
-    trainer = Trainer(config, run_dir)
+    trainer = Trainer(config, run_dir, resuming=True)
     trainer.load_resume_state()
     # Lines written after the resume point belong to an epoch that will be trained again.
     kept = [s for s in read_metrics(run_dir) if s.epoch <= trainer.start_epoch]

@@ -48,9 +48,8 @@ def query_to_patches(model: ViT, weights: torch.Tensor) -> torch.Tensor:
     query (each token contributes equally to the pooled vector's inputs). The result has one
     weight per patch (batch, [heads,] patches) and sums to one per image (and head).
     """
-    has_class_token = model.config.pool == "cls"
-    rows = weights[..., 0, :] if has_class_token else weights.mean(dim=-2)
-    patches = rows[..., 1:] if has_class_token else rows
+    rows = weights[..., 0, :] if model.config.pool == "cls" else weights.mean(dim=-2)
+    patches = rows[..., 1:] if model.config.has_class_token else rows
     return patches / patches.sum(dim=-1, keepdim=True)
 
 
@@ -72,7 +71,8 @@ def rollout_map(model: ViT, intermediates: dict[str, torch.Tensor]) -> torch.Ten
     rolled = rollout(attention_stack(intermediates))
     if model.config.pool == "map":
         probe = intermediates["attention_pool"].float().mean(dim=1)  # (batch, 1, tokens)
-        return (probe @ rolled)[:, 0] / (probe @ rolled)[:, 0].sum(dim=-1, keepdim=True)
+        through = (probe @ rolled)[:, 0, int(model.config.has_class_token) :]
+        return through / through.sum(dim=-1, keepdim=True)
     return query_to_patches(model, rolled)
 
 

@@ -25,7 +25,7 @@ def forward_macs(config: ModelConfig) -> int:
     if config.arch != "vit":
         return counted_forward_flops(config) // 2
     n = config.num_patches
-    t = n + (1 if config.pool == "cls" else 0)
+    t = config.num_tokens
     d, m = config.embed_dim, config.mlp_dim
     macs = n * config.in_channels * config.patch_size**2 * d
     per_block = t * 3 * d * d + 2 * t * t * d + t * d * d + 2 * t * d * m

@@ -172,7 +172,7 @@ class ViT(nn.Module):
         dim = config.embed_dim
 
         self.patch_embed = PatchEmbed(config)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.pool == "cls" else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.has_class_token else None
         if config.posenc == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches, dim))
         elif config.posenc == "sincos1d":
@@ -239,7 +239,7 @@ class ViT(nn.Module):
 
     # ----- forward pass, stage by stage -------------------------------------------------------
     def forward_features(self, images: torch.Tensor, intermediates: Intermediates | None = None) -> torch.Tensor:
-        """Images (batch, channels, H, W) -> normalised tokens (batch, tokens, dim)."""
+        """Images (batch, channels, H, W) -> tokens (batch, tokens, dim), normalised unless norm_after_pool."""
         record = intermediates.__setitem__ if intermediates is not None else lambda key, value: None
         x = self.patch_embed(images)
         record("patches", x)
@@ -254,20 +254,22 @@ class ViT(nn.Module):
             record(f"block_{index}", x)
             if weights is not None:
                 record(f"attention_{index}", weights)
-        x = self.norm(x)
+        if not self.config.norm_after_pool:
+            x = self.norm(x)
         record("tokens", x)
         return x
 
     def pool(self, tokens: torch.Tensor, intermediates: Intermediates | None = None) -> torch.Tensor:
-        """Tokens -> one vector per image: the class token, the mean token, or attention pooling."""
+        """Tokens -> one vector per image: the class token, the mean patch token, or attention pooling."""
         if self.config.pool == "cls":
-            return tokens[:, 0]
-        if self.config.pool == "mean":
-            return tokens.mean(dim=1)
-        pooled, weights = self.attn_pool(tokens, need_weights=intermediates is not None)
-        if intermediates is not None:
-            intermediates["attention_pool"] = weights
-        return pooled
+            pooled = tokens[:, 0]
+        elif self.config.pool == "mean":
+            pooled = tokens[:, int(self.config.has_class_token) :].mean(dim=1)
+        else:
+            pooled, weights = self.attn_pool(tokens, need_weights=intermediates is not None)
+            if intermediates is not None:
+                intermediates["attention_pool"] = weights
+        return self.norm(pooled) if self.config.norm_after_pool else pooled
 
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled vector -> class logits."""
