@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, machine_line, today
 
+from common import RESULTS, machine_line, today
 from vitlab.config import ModelConfig
 from vitlab.data.augment import random_affine
 from vitlab.data.tensors import to_model_input
@@ -50,6 +50,9 @@ CONFIGS: dict[str, tuple[ModelConfig, int]] = {
     ),
     "s16": (model_config("S/16"), 32),
 }
+# Rounds (contenders interleaved in each) and timed steps per round: fewer for the slow configurations.
+REPEATS = {"mnist": (5, 10), "w192": (3, 3), "s16": (2, 2)}
+INFER_BATCH = {"mnist": 256, "w192": 256, "s16": 32}
 
 
 def hf_model(config: ModelConfig, attention: str = "eager") -> torch.nn.Module:
@@ -105,8 +108,14 @@ class Measure:
         """Half the range between the smallest and largest sample, as a fraction of the median."""
         return (max(self.samples) - min(self.samples)) / 2 / self.median if self.samples else 0.0
 
+    def summary(self) -> dict[str, float]:
+        """Median and spread, for the results file."""
+        return {"median": self.median, "spread": self.spread}
 
-def train_step_fn(model: torch.nn.Module, config: ModelConfig, batch: int, with_data: bool, dtype) -> Callable[[], None]:
+
+def train_step_fn(
+    model: torch.nn.Module, config: ModelConfig, batch: int, with_data: bool, dtype
+) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     model.train()
     images_u8 = torch.randint(0, 255, (4096, config.in_channels, config.img_size, config.img_size), dtype=torch.uint8)
@@ -168,7 +177,13 @@ DTYPE = autocast_dtype("auto", torch.device("cpu"))
 def bench_config(name: str, rounds: int, steps: int) -> dict:
     config, batch = CONFIGS[name]
     models = {c: make(config) for c, make in CONTENDERS.items()}
-    result: dict = {"config": name, "batch": batch, "forward_gflops": forward_flops(config) / 1e9, "contenders": {}}
+    result: dict = {
+        "config": name,
+        "batch": batch,
+        "infer_batch": INFER_BATCH[name],
+        "forward_gflops": forward_flops(config) / 1e9,
+        "contenders": {},
+    }
     train = {c: {"model only": [], "with data": []} for c in models}
     infer = {c: {"batch256": [], "latency": []} for c in models}
     fns = {
@@ -186,7 +201,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             for kind, fn in fns[c].items():
                 train[c][kind].append(batch / timed(fn, steps))
             m.eval()
-            big = torch.randn(256 if name != "s16" else 32, config.in_channels, config.img_size, config.img_size)
+            big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size)
             one = big[:1]
             with torch.inference_mode(), torch.autocast("cpu", dtype=DTYPE, enabled=DTYPE is not None):
                 m.logits(big)
@@ -202,9 +217,9 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     for c in models:
         lat = sorted(infer[c]["latency"])
         result["contenders"][c] = {
-            "train_model_only": Measure(train[c]["model only"]).__dict__ | {"median": Measure(train[c]["model only"]).median, "spread": Measure(train[c]["model only"]).spread},
-            "train_with_data": {"median": Measure(train[c]["with data"]).median, "spread": Measure(train[c]["with data"]).spread},
-            "infer_throughput": {"median": Measure(infer[c]["batch256"]).median, "spread": Measure(infer[c]["batch256"]).spread},
+            "train_model_only": Measure(train[c]["model only"]).summary(),
+            "train_with_data": Measure(train[c]["with data"]).summary(),
+            "infer_throughput": Measure(infer[c]["batch256"]).summary(),
             "latency_ms": {"median": 1000 * statistics.median(lat), "p99": 1000 * lat[int(0.99 * (len(lat) - 1))]},
             "train_flops_per_s": training_flops(config) * Measure(train[c]["model only"]).median,
         }
@@ -214,16 +229,14 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="mnist,w192,s16")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one round, two steps: a smoke run")
     parser.add_argument("--no-memory", action="store_true")
     args = parser.parse_args()
-    rounds, steps = (1, 2) if args.quick else (args.rounds, args.steps)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     results = []
     for name in args.configs.split(","):
+        rounds, steps = (1, 2) if args.quick else REPEATS[name]
         res = bench_config(name, rounds, steps)
         if not args.no_memory:
             for c in res["contenders"]:
@@ -244,7 +257,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         f"- Autocast dtype: {DTYPE}; matrix-product peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
         "- FLOPs per image are analytic (`vitlab.models.flops`): 2 x the multiply-accumulates of every matrix product; training = 3 x forward.",
         "",
-        "| config | contender | train img/s (model only) | train img/s (with data) | data cost | ratio vs HF best | MFU (bf16 peak) | infer img/s | latency b=1 median / p99 (ms) | peak RSS (MB) |",
+        "| config | contender | train img/s (model only) | train img/s (with data) | data cost | ratio vs HF best | MFU (bf16 peak) | infer img/s (batch) | latency b=1 median / p99 (ms) | peak RSS (MB) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for res in results:
@@ -255,7 +268,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
             mfu = v["train_flops_per_s"] / (peaks["bf16"] * 1e9)
             lines.append(
                 f"| {res['config']} (batch {res['batch']}) | {c} | {tm['median']:,.0f} ±{tm['spread']:.0%} | {td['median']:,.0f} ±{td['spread']:.0%} "
-                f"| {data_cost:.0%} | {tm['median'] / hf_best:.2f}x | {mfu:.0%} | {v['infer_throughput']['median']:,.0f} "
+                f"| {data_cost:.0%} | {tm['median'] / hf_best:.2f}x | {mfu:.0%} | {v['infer_throughput']['median']:,.0f} ({res['infer_batch']}) "
                 f"| {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} | {v.get('peak_memory_mb', float('nan')):,.0f} |"
             )
     RESULTS.mkdir(exist_ok=True)

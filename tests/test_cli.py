@@ -207,3 +207,47 @@ def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
     assert len((out / "compare.csv").read_text().splitlines()) == 3
     assert (out / "compare.png").stat().st_size > 1000
     _assert_clean_error(vitlab("compare", "--models", "mnist-tiny", "--epochs", 1, check=False), "at least two")
+
+
+def test_export_onnx_then_predict_with_it(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    out = json.loads(vitlab("export", run_dir, "--dynamic-batch", "--out", tmp_path / "m.onnx", "--json").stdout)
+    assert out["max_abs_diff"] <= 1e-4 and out["format"] == "onnx"
+    digit = load_split("mnist", "test").images[0, 0].numpy()
+    Image.fromarray(digit).save(tmp_path / "seven.png")
+    via_onnx = json.loads(vitlab("predict", tmp_path / "m.onnx", tmp_path / "seven.png", "--json").stdout)
+    via_torch = json.loads(vitlab("predict", run_dir, tmp_path / "seven.png", "--json").stdout)
+    top_onnx, top_torch = via_onnx["predictions"][0]["top_k"][0], via_torch["predictions"][0]["top_k"][0]
+    assert top_onnx["class"] == top_torch["class"]
+    assert abs(top_onnx["probability"] - top_torch["probability"]) < 1e-4
+    ts = json.loads(vitlab("export", run_dir, "--format", "torchscript", "--out", tmp_path / "m.pt", "--json").stdout)
+    assert ts["format"] == "torchscript" and (tmp_path / "m.pt").exists()
+
+
+def test_finetune_command_from_a_trained_run(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    out = tmp_path / "ft"
+    summary = json.loads(
+        vitlab(
+            "finetune",
+            run_dir,
+            "--dataset",
+            "mnist",
+            "--epochs",
+            1,
+            "--out",
+            out,
+            "--freeze-until",
+            1,
+            "--layer-decay",
+            0.8,
+            "--img-size",
+            35,
+            "--json",
+            "--no-report",
+            *QUICK,
+        ).stdout
+    )
+    assert summary["epochs"] == 1
+    config = (out / "config.yaml").read_text()
+    assert "init_from:" in config and "img_size: 35" in config and "freeze_until: 1" in config

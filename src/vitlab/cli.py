@@ -19,45 +19,43 @@ def _print_json(payload: dict[str, Any]) -> None:
 # ----- train -------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.config import parse_duration
-    from vitlab.engine.train import Trainer, prepare_run_dir, trainer_for_resume
+    from vitlab.engine.train import EpochStats, Trainer, prepare_run_dir, trainer_for_resume
     from vitlab.recipes import resolve_run_config
     from vitlab.report.progress import TrainingProgress
+    from vitlab.report.tensorboard import TensorBoardLogger
 
     if args.resume:
         run_dir = Path(args.resume)
         trainer = trainer_for_resume(run_dir, epochs=args.epochs)
-    elif args.command == "finetune":
-        from vitlab.recipes import resolve_finetune_config
-
-        config = resolve_finetune_config(
-            source=args.source,
-            dataset=args.dataset,
-            img_size=args.img_size,
-            freeze_until=args.freeze_until,
-            layer_decay=args.layer_decay,
-            epochs=args.epochs,
-            seed=args.seed,
-            overrides=args.overrides
-            + ([f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []),
-        )
-        run_dir = (
-            Path(args.out)
-            if args.out
-            else Path("runs") / time.strftime(f"finetune-{Path(args.dataset).name}-%Y%m%d-%H%M%S")
-        )
-        prepare_run_dir(config, run_dir)
-        trainer = Trainer(config, run_dir)
     else:
-        config = resolve_run_config(
-            preset=args.model,
-            config_file=args.config,
-            dataset=args.dataset,
-            epochs=args.epochs,
-            seed=args.seed,
-            overrides=args.overrides
-            + ([f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []),
+        overrides = args.overrides + (
+            [f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []
         )
-        run_dir = Path(args.out) if args.out else Path("runs") / time.strftime(f"{config.data.dataset}-%Y%m%d-%H%M%S")
+        if args.command == "finetune":
+            from vitlab.recipes import resolve_finetune_config
+
+            config = resolve_finetune_config(
+                source=args.source,
+                dataset=args.dataset,
+                img_size=args.img_size,
+                freeze_until=args.freeze_until,
+                layer_decay=args.layer_decay,
+                epochs=args.epochs,
+                seed=args.seed,
+                overrides=overrides,
+            )
+            label = f"finetune-{Path(args.dataset).name}"
+        else:
+            config = resolve_run_config(
+                preset=args.model,
+                config_file=args.config,
+                dataset=args.dataset,
+                epochs=args.epochs,
+                seed=args.seed,
+                overrides=overrides,
+            )
+            label = Path(config.data.dataset).name
+        run_dir = Path(args.out) if args.out else Path("runs") / time.strftime(f"{label}-%Y%m%d-%H%M%S")
         prepare_run_dir(config, run_dir)
         trainer = Trainer(config, run_dir)
     cfg = trainer.config
@@ -74,8 +72,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         total_epochs = None if cfg.train.time_budget else cfg.train.epochs
         start = trainer.fraction_done(trainer.start_epoch * trainer.steps_per_epoch, trainer.elapsed_before)
+        board = TensorBoardLogger(run_dir)
+
+        def on_epoch(stats: EpochStats) -> None:
+            bar.on_epoch(stats)
+            board.on_epoch(stats)
+
         with TrainingProgress(total_epochs, start, enabled=not args.quiet) as bar:
-            result = trainer.run(on_progress=bar.on_step, on_epoch=bar.on_epoch)
+            result = trainer.run(on_progress=bar.on_step, on_epoch=on_epoch)
+        board.close()
     except KeyboardInterrupt:
         print(
             f"vitlab: interrupted; finished epochs are saved; continue with: vitlab train --resume {run_dir}",
@@ -149,38 +154,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ----- predict -----------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
+    from vitlab.api import load
 
-    from vitlab.data.images import load_image
-    from vitlab.engine.checkpoint import load_checkpoint
-    from vitlab.engine.evaluate import predict_logits
-
-    model, metadata = load_checkpoint(args.checkpoint)
-    config = model.config
-    batch = torch.stack([load_image(path, config.in_channels, config.img_size) for path in args.images])
+    classifier = load(args.checkpoint)
+    items = [classifier.to_uint8(path) for path in args.images]  # every file is checked before any is classified
     if args.invert:
-        batch = 255 - batch
-    probabilities = predict_logits(model, batch, mean=metadata["mean"], std=metadata["std"]).softmax(dim=1)
-    names = metadata.get("class_names") or [str(i) for i in range(config.num_classes)]
-    k = max(1, min(args.top_k, config.num_classes))
-    results = []
-    for path, probs in zip(args.images, probabilities):
-        top = probs.topk(k)
-        results.append(
-            {
-                "image": str(path),
-                "top_k": [
-                    {"class": names[i], "index": int(i), "probability": float(p)}
-                    for p, i in zip(top.values, top.indices)
-                ],
-            }
-        )
+        items = [255 - item for item in items]
+    predictions = classifier.predict(items, top_k=args.top_k)
+    results = [
+        {
+            "image": str(path),
+            "top_k": [
+                {"class": label, "index": index, "probability": probability}
+                for label, index, probability in zip(p.labels, p.indices, p.probabilities)
+            ],
+        }
+        for path, p in zip(args.images, predictions)
+    ]
     if args.json:
         _print_json({"checkpoint": str(args.checkpoint), "predictions": results})
         return 0
     for item in results:
         ranked = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in item["top_k"])
         print(f"{item['image']}: {ranked}")
+    return 0
+
+
+# ----- export ------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from vitlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+    from vitlab.export import export_onnx, export_torchscript
+
+    model, metadata = load_checkpoint(args.checkpoint)
+    source = resolve_checkpoint(args.checkpoint)
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    out = Path(args.out) if args.out else source.with_suffix(suffix)
+    if args.format == "onnx":
+        result = export_onnx(model, metadata, out, args.dynamic_batch)
+    else:
+        result = export_torchscript(model, out, args.dynamic_batch)
+    if args.json:
+        _print_json({"path": str(result.path), "format": result.format, "max_abs_diff": result.max_abs_diff})
+    else:
+        check = "onnxruntime" if args.format == "onnx" else "the traced module"
+        print(f"wrote {result.path}; {check} matches PyTorch to {result.max_abs_diff:.1e} (max abs diff)")
     return 0
 
 
@@ -410,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_eval)
 
     predict = sub.add_parser("predict", help="classify image files")
-    predict.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    predict.add_argument("checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
@@ -442,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true")
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every model")
     compare.set_defaults(handler=cmd_compare)
+
+    export = sub.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime) or TorchScript")
+    export.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("--dynamic-batch", action="store_true", help="accept any batch size (default: batch of 1)")
+    export.add_argument("--out", help="output file (default: beside the checkpoint)")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(handler=cmd_export)
 
     info = sub.add_parser("info", help="parameters and FLOPs of a preset or checkpoint")
     info.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT")

@@ -31,6 +31,11 @@ def resolve_run_config(
     merged = {"model": dataclasses.asdict(base) | raw.get("model", {})}
     config = RunConfig.from_dict({**raw, **merged, "preset": name})
     config.data.dataset = data_name
+    return _finish(config, epochs, seed, overrides)
+
+
+def _finish(config: RunConfig, epochs: int | None, seed: int | None, overrides: list[str] | None) -> RunConfig:
+    """Apply the --epochs and --seed flags, then key=value overrides, then validate."""
     if epochs is not None:
         config.train.epochs = epochs
     if seed is not None:
@@ -60,8 +65,4 @@ def resolve_finetune_config(
     config.train.init_from = str(source)
     config.train.freeze_until = freeze_until
     config.train.layer_decay = layer_decay
-    if epochs is not None:
-        config.train.epochs = epochs
-    if seed is not None:
-        config.train.seed = seed
-    return apply_overrides(config, overrides or []).validate()
+    return _finish(config, epochs, seed, overrides)

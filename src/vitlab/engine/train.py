@@ -377,7 +377,7 @@ def make_ema(model: nn.Module) -> nn.Module:
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
     """ema = d * ema + (1 - d) * weights, with d ramped up over the first steps (so early weights fade)."""
     effective = min(decay, (1 + step) / (10 + step))
-    ema_params = [p for p in ema.parameters()]
+    ema_params = list(ema.parameters())
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - effective)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
         ema_buffer.copy_(buffer)

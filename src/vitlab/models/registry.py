@@ -30,7 +30,7 @@ SMALL_PRESETS: dict[str, dict] = {
     "cifar-small": dict(img_size=32, in_channels=3, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0),
 }
 
-DEFAULT_PRESET = "mnist-small"
+DEFAULT_PRESET = "mnist-tiny"
 _VARIANT = re.compile(r"^(Ti|S|B)/(\d+)$")
 
 

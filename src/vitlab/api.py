@@ -1,0 +1,111 @@
+"""The Python API: `vitlab.load(path)` -> a classifier with `.predict(images)`.
+
+import vitlab
+classifier = vitlab.load("runs/mnist-20261122-181500")   # a run, a .safetensors checkpoint, or a .onnx file
+classifier.predict(["digit.png", pil_image, numpy_array, tensor])   # -> ["7", "2", ...]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitlab.data.images import convert_image, load_image
+from vitlab.data.tensors import to_model_input
+from vitlab.errors import ImageError
+
+ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """The top classes of one image, most probable first."""
+
+    labels: list[str]
+    indices: list[int]
+    probabilities: list[float]
+
+    @property
+    def label(self) -> str:
+        """The most probable class."""
+        return self.labels[0]
+
+
+class Classifier:
+    """A trained model (PyTorch or ONNX) with the class names and normalisation it was trained with."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.suffix == ".onnx":
+            from vitlab.export import OnnxClassifier
+
+            self._onnx = OnnxClassifier(path)
+            self.metadata: dict[str, Any] = self._onnx.metadata
+            self.channels, self.img_size = self._onnx.channels, self._onnx.img_size
+            self._model = None
+        else:
+            from vitlab.engine.checkpoint import load_checkpoint
+
+            self._model, self.metadata = load_checkpoint(path)
+            self.channels, self.img_size = self._model.config.in_channels, self._model.config.img_size
+            self._onnx = None
+        self.mean = self.metadata.get("mean") or [0.5] * self.channels
+        self.std = self.metadata.get("std") or [0.5] * self.channels
+        count = len(self.metadata.get("class_names") or []) or (self._model.config.num_classes if self._model else 0)
+        self.classes: list[str] = list(self.metadata.get("class_names") or [str(i) for i in range(count)])
+
+    def to_uint8(self, image: ImageLike) -> torch.Tensor:
+        """One image of any supported kind -> uint8 (channels, size, size)."""
+        if isinstance(image, (str, Path)):
+            return load_image(image, self.channels, self.img_size)
+        if isinstance(image, Image.Image):
+            return convert_image(image, self.channels, self.img_size)
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu()
+            if image.ndim == 3 and image.shape[0] in (1, 3, 4):  # channels first -> last for PIL
+                image = image.permute(1, 2, 0)
+            image = image.numpy()
+        if isinstance(image, np.ndarray):
+            array = image
+            if array.dtype != np.uint8:
+                array = np.clip(array * (255.0 if array.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+            if array.ndim == 3 and array.shape[2] == 1:
+                array = array[..., 0]
+            if array.ndim not in (2, 3):
+                raise ImageError(f"an image array must be HxW or HxWxC, got shape {image.shape}")
+            return convert_image(Image.fromarray(array), self.channels, self.img_size)
+        raise ImageError(f"cannot read an image from a {type(image).__name__}")
+
+    @torch.no_grad()
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Class probabilities (N, classes) for one image or a list of images."""
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        batch = torch.stack([self.to_uint8(image) for image in items])
+        inputs = to_model_input(batch, self.mean, self.std, self.img_size, self.channels)
+        if self._onnx is not None:
+            logits = self._onnx.logits(inputs)
+        else:
+            self._model.eval()
+            logits = self._model(inputs).float()
+        return logits.softmax(dim=1)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 1) -> list[Prediction]:
+        """The top-k classes of each image."""
+        probabilities = self.predict_proba(images)
+        k = max(1, min(top_k, probabilities.shape[1]))
+        top = probabilities.topk(k, dim=1)
+        return [
+            Prediction([self.classes[i] for i in idx.tolist()], idx.tolist(), values.tolist())
+            for values, idx in zip(top.values, top.indices)
+        ]
+
+
+def load(path: str | Path) -> Classifier:
+    """Load a run directory, a vitlab checkpoint or an exported ONNX file for prediction."""
+    return Classifier(path)

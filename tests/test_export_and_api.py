@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitlab
+from tests.helpers import tiny_config
+from vitlab.engine.checkpoint import save_checkpoint
+from vitlab.errors import ImageError
+from vitlab.export import ExportError, OnnxClassifier, export_onnx, export_torchscript
+from vitlab.models.vit import ViT
+
+INFO = {"class_names": list("abcdefghij"), "mean": [0.1307], "std": [0.3081], "dataset": "mnist"}
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = ViT(tiny_config(pool="map")).eval()
+    torch.nn.init.normal_(model.head.weight)
+    save_checkpoint(tmp_path / "model.safetensors", model, INFO)
+    return tmp_path / "model.safetensors", model
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True])
+def test_onnx_export_matches_pytorch_and_carries_metadata(tmp_path, checkpoint, dynamic_batch):
+    path, model = checkpoint
+    result = export_onnx(model, INFO, tmp_path / "model.onnx", dynamic_batch)
+    assert result.max_abs_diff <= 1e-4
+    onnx_model = OnnxClassifier(tmp_path / "model.onnx")
+    assert onnx_model.metadata["class_names"] == INFO["class_names"]
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model.logits(images), model(images), atol=1e-4, rtol=0)
+
+
+def test_failed_onnx_check_leaves_no_file(tmp_path, checkpoint, monkeypatch):
+    _, model = checkpoint
+    monkeypatch.setattr("vitlab.export.ONNX_TOLERANCE", -1.0)  # no output can pass
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(model, INFO, tmp_path / "bad.onnx", dynamic_batch=True)
+    assert list(tmp_path.glob("bad.onnx*")) == [] and list(tmp_path.glob(".bad.onnx*")) == []
+
+
+def test_torchscript_export_runs_any_batch(tmp_path, checkpoint):
+    _, model = checkpoint
+    result = export_torchscript(model, tmp_path / "model.pt", dynamic_batch=True)
+    assert result.max_abs_diff <= 1e-5
+    loaded = torch.jit.load(str(tmp_path / "model.pt"))
+    assert loaded(torch.randn(7, 1, 28, 28)).shape == (7, 10)
+
+
+def test_python_api_predicts_from_paths_pil_numpy_and_tensors(tmp_path, checkpoint):
+    path, model = checkpoint
+    digit = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    classifier = vitlab.load(path)
+    inputs = [
+        tmp_path / "digit.png",
+        Image.fromarray(digit),
+        digit,
+        digit.astype(np.float32) / 255.0,
+        torch.from_numpy(digit)[None],
+        np.stack([digit] * 3, axis=-1),
+    ]
+    predictions = classifier.predict(inputs, top_k=3)
+    assert len(predictions) == len(inputs)
+    first = predictions[0]
+    assert len(first.labels) == 3 and first.label in INFO["class_names"]
+    for other in predictions[1:5]:  # the same grey digit however it is passed
+        assert other.labels == first.labels
+    expected = model.predict_proba(((torch.from_numpy(digit).float() / 255 - 0.1307) / 0.3081)[None, None])
+    torch.testing.assert_close(classifier.predict_proba(inputs[0]), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ImageError, match="cannot read an image"):
+        classifier.predict([42])
+
+
+def test_python_api_runs_an_exported_onnx_file(tmp_path, checkpoint):
+    path, model = checkpoint
+    export_onnx(model, INFO, tmp_path / "model.onnx", dynamic_batch=False)
+    digit = (np.random.default_rng(1).random((28, 28)) * 255).astype(np.uint8)
+    from_onnx = vitlab.load(tmp_path / "model.onnx").predict([digit, digit])
+    from_torch = vitlab.load(path).predict([digit, digit])
+    assert [p.label for p in from_onnx] == [p.label for p in from_torch]
+    assert abs(from_onnx[0].probabilities[0] - from_torch[0].probabilities[0]) < 1e-4
