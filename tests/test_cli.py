@@ -110,6 +110,7 @@ def _assert_clean_error(result, fragment):
         (["train", "--dataset", "imagenet"], "unknown dataset"),
         (["eval", "/nonexistent/run"], "checkpoint not found"),
         (["info", "--model", "huge"], "unknown model preset"),
+        (["train", "--bogus"], "unrecognized arguments"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):
