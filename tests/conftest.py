@@ -9,6 +9,12 @@ from vitlab.data.sources import ImageDataset, load_split
 
 
 @pytest.fixture(autouse=True)
+def _no_internet(monkeypatch):
+    # Downloads go only where a test points them: by default a closed local port, never the internet.
+    monkeypatch.setenv("VITLAB_DATA_MIRROR", "http://127.0.0.1:9/")
+
+
+@pytest.fixture(autouse=True)
 def _few_threads():
     # Tests use tiny models; two threads is what CI has.
     torch.set_num_threads(2)

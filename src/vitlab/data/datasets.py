@@ -73,7 +73,8 @@ def open_dataset(
             split: load_split(info.name, split, data.data_dir) if split in splits else empty
             for split in ("train", "test")
         }
-        result = Splits(info.name, parts["train"], parts["test"], info.class_names, info.mean, info.std, [])
+        names = next((p.class_names for p in parts.values() if p.class_names), info.class_names)
+        result = Splits(info.name, parts["train"], parts["test"], names, info.mean, info.std, [])
     result.train = result.train.subset(data.train_subset)
     result.test = result.test.subset(data.test_subset)
     return result

@@ -1,8 +1,9 @@
-"""Named data sets: where their files are, checksum verification, and reading them into uint8 tensors.
+"""Named data sets: where their files are, download and checksum verification, reading them into uint8 tensors.
 
 MNIST ships inside the package (the four official IDX files, CC BY-SA 3.0, LeCun, Cortes and
-Burges), so the main job never needs the network. Fashion-MNIST is read from a folder holding
-the same four official file names (`data.data_dir`, or $VITLAB_DATA/fashion-mnist).
+Burges), so the main job never needs the network. Fashion-MNIST, CIFAR-10 and CIFAR-100 are
+read from `data.data_dir`, else from $VITLAB_DATA/<name> (default ~/.cache/vitlab/<name>),
+and downloaded there on first use from their official addresses.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vitlab.data.cifar import read_cifar_archive
+from vitlab.data.download import RemoteFile, download, matches_checksum
 from vitlab.errors import DataError
 
 PACKAGED_MNIST = Path(__file__).parent / "mnist"
@@ -26,6 +29,15 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+
+
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+CIFAR_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+
+
+def _files(mirrors: tuple[str, ...], *entries: tuple[str, str]) -> dict[str, RemoteFile]:
+    return {name: RemoteFile(name, mirrors, sha256=digest) for name, digest in entries}
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,13 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    sha256: dict[str, str]
+    files: dict[str, RemoteFile]
+    format: str = "idx"  # or cifar10 / cifar100: the official python archive
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        """Published SHA-256 of each file (where known)."""
+        return {name: remote.sha256 for name, remote in self.files.items()}
 
 
 DATASETS = {
@@ -49,12 +67,13 @@ DATASETS = {
         class_names=tuple(str(digit) for digit in range(10)),
         mean=(0.1307,),
         std=(0.3081,),
-        sha256={
-            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        },
+        files=_files(
+            MNIST_MIRRORS,
+            ("train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+            ("train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+            ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+            ("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+        ),
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -74,12 +93,41 @@ DATASETS = {
         ),
         mean=(0.2860,),
         std=(0.3530,),
-        sha256={
-            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        files=_files(
+            FASHION_MIRRORS,
+            ("train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+            ("train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+            ("t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+            ("t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+        ),
+    ),
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        image_size=32,
+        channels=3,
+        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        files={
+            "cifar-10-python.tar.gz": RemoteFile(
+                "cifar-10-python.tar.gz", CIFAR_MIRRORS, md5="c58f30108f718f92721af3b95e74349a"
+            )
         },
+        format="cifar10",
+    ),
+    "cifar100": DatasetInfo(
+        name="cifar100",
+        image_size=32,
+        channels=3,
+        class_names=tuple(f"class_{i}" for i in range(100)),  # replaced by the archive's own names on load
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        files={
+            "cifar-100-python.tar.gz": RemoteFile(
+                "cifar-100-python.tar.gz", CIFAR_MIRRORS, md5="eb9058c3a382ffc7106e4002c42a8d85"
+            )
+        },
+        format="cifar100",
     ),
 }
 
@@ -153,24 +201,29 @@ def dataset_folder(name: str, data_dir: str = "") -> Path:
     return root / name
 
 
+def ensure_file(info: DatasetInfo, filename: str, folder: Path, verify: bool = True) -> Path:
+    """A data set file on disk with its published checksum: downloaded if absent or corrupt (not for MNIST)."""
+    path = folder / filename
+    if folder == PACKAGED_MNIST:
+        if verify and (not path.exists() or sha256_of(path) != info.files[filename].sha256):
+            raise DataError(f"the packaged MNIST file {path} is missing or damaged; reinstall vitlab")
+        return path
+    if path.exists() and (not verify or matches_checksum(path, info.files[filename])):
+        return path
+    return download(info.files[filename], folder)
+
+
 def load_split(name: str, split: str, data_dir: str = "", verify: bool = True) -> ImageDataset:
     """Load the 'train' or 'test' split of a named data set as uint8 tensors, verifying checksums."""
     info = dataset_info(name)
     if split not in IDX_FILES:
         raise DataError(f"unknown split {split!r}; use train or test")
     folder = dataset_folder(name, data_dir)
-    arrays = []
-    for filename in IDX_FILES[split]:
-        path = folder / filename
-        if not path.exists():
-            raise DataError(
-                f"{name} file {filename} not found in {folder}; put the official files there "
-                "or pass data.data_dir=FOLDER"
-            )
-        if verify and sha256_of(path) != info.sha256[filename]:
-            raise DataError(f"{path} does not match the published checksum; the file is corrupt or not {name}")
-        arrays.append(read_idx(path))
-    images, labels = arrays
+    if info.format != "idx":
+        archive = ensure_file(info, next(iter(info.files)), folder, verify)
+        images, labels, names = read_cifar_archive(archive, info.format, split)
+        return ImageDataset(torch.from_numpy(images.copy()), torch.from_numpy(labels), tuple(names))
+    images, labels = (read_idx(ensure_file(info, filename, folder, verify)) for filename in IDX_FILES[split])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{name} {split}: images {images.shape} and labels {labels.shape} do not pair up")
     if labels.max(initial=0) >= len(info.class_names):
