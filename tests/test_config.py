@@ -38,3 +38,14 @@ def test_layers_apply_in_order_preset_file_flags_overrides(tmp_path):
     assert config.model.depth == 3  # the file overrides the preset
     assert config.train.epochs == 2  # the flag overrides the file
     assert config.train.lr == 0.001  # key=value overrides everything
+
+
+def test_every_shipped_recipe_resolves():
+    from vitlab.recipes import recipe_names, recipe_path
+
+    assert recipe_names() == ["cifar10", "cifar100", "fashion-mnist", "folder", "mnist"]
+    for name in ("mnist", "fashion-mnist"):
+        config = resolve_run_config(config_file=str(recipe_path(name)))
+        assert config.data.dataset == name
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        recipe_path("imagenet")

@@ -19,11 +19,17 @@ def _print_json(payload: dict[str, Any]) -> None:
 # ----- train -------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.config import parse_duration
+    from vitlab.engine.distributed import barrier, init_process_group, shutdown, world_from_environment
+    from vitlab.engine.runtime import resolve_device
     from vitlab.engine.train import EpochStats, Trainer, prepare_run_dir, trainer_for_resume
-    from vitlab.recipes import resolve_run_config
+    from vitlab.errors import ConfigError
+    from vitlab.recipes import recipe_path, resolve_run_config
     from vitlab.report.progress import TrainingProgress
     from vitlab.report.tensorboard import TensorBoardLogger
 
+    world = world_from_environment()
+    if args.nproc > 1 and not world.distributed:
+        return launch_processes(args)
     if args.resume:
         run_dir = Path(args.resume)
         trainer = trainer_for_resume(run_dir, epochs=args.epochs)
@@ -46,9 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
             label = f"finetune-{Path(args.dataset).name}"
         else:
+            if args.recipe and args.config:
+                raise ConfigError("give --recipe or --config, not both (a recipe is a shipped config file)")
             config = resolve_run_config(
                 preset=args.model,
-                config_file=args.config,
+                config_file=str(recipe_path(args.recipe)) if args.recipe else args.config,
                 dataset=args.dataset,
                 epochs=args.epochs,
                 seed=args.seed,
@@ -56,10 +64,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
             label = Path(config.data.dataset).name
         run_dir = Path(args.out) if args.out else Path("runs") / time.strftime(f"{label}-%Y%m%d-%H%M%S")
-        prepare_run_dir(config, run_dir)
+        init_process_group(world, resolve_device(config.train.device).type)
+        if world.is_main:  # one process creates the run directory; the others wait for it
+            prepare_run_dir(config, run_dir)
+        barrier(world)
         trainer = Trainer(config, run_dir)
     cfg = trainer.config
-    if not args.json:
+    quiet = args.quiet or not world.is_main
+    if not args.json and world.is_main:
         print(
             f"training {cfg.preset or 'custom'} {cfg.model.arch} on {cfg.data.dataset} "
             f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for "
@@ -67,26 +79,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {trainer.threads} threads; run dir {run_dir}",
             file=sys.stderr,
         )
-    for note in trainer.notes:
+    for note in trainer.notes if world.is_main else []:
         print(f"vitlab: note: {note}", file=sys.stderr)
     try:
         total_epochs = None if cfg.train.time_budget else cfg.train.epochs
         start = trainer.fraction_done(trainer.start_epoch * trainer.steps_per_epoch, trainer.elapsed_before)
-        board = TensorBoardLogger(run_dir)
+        board = TensorBoardLogger(run_dir) if world.is_main else None
 
         def on_epoch(stats: EpochStats) -> None:
             bar.on_epoch(stats)
-            board.on_epoch(stats)
+            if board is not None:
+                board.on_epoch(stats)
 
-        with TrainingProgress(total_epochs, start, enabled=not args.quiet) as bar:
-            result = trainer.run(on_progress=bar.on_step, on_epoch=on_epoch)
-        board.close()
+        with TrainingProgress(total_epochs, start, enabled=not quiet) as bar:
+            result = trainer.run(on_progress=bar.on_step if not quiet else None, on_epoch=on_epoch)
+        if board is not None:
+            board.close()
     except KeyboardInterrupt:
         print(
             f"vitlab: interrupted; finished epochs are saved; continue with: vitlab train --resume {run_dir}",
             file=sys.stderr,
         )
         return 130
+    shutdown(world)
+    if not world.is_main:
+        return 0
     report_path = None
     if not args.no_report:
         from vitlab.report.run_report import build_report
@@ -109,6 +126,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{result.seconds:.0f}s of training; checkpoints in {run_dir / 'checkpoints'}"
         )
     return 0
+
+
+def launch_processes(args: argparse.Namespace) -> int:
+    """Re-run this command under torchrun with --nproc processes (gloo on CPU, nccl on GPU)."""
+    import subprocess
+
+    argv = list(sys.argv[1:])
+    for flag in ("--nproc",):  # drop "--nproc N" / "--nproc=N": the children are the processes
+        while flag in argv:
+            index = argv.index(flag)
+            del argv[index : index + 2]
+        argv = [a for a in argv if not a.startswith(flag + "=")]
+    if not args.out and not args.resume:  # every process must write to the same run directory
+        argv += ["--out", str(Path("runs") / time.strftime(f"{Path(args.dataset or 'mnist').name}-%Y%m%d-%H%M%S"))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    return subprocess.run([*command, "-m", "vitlab", *argv]).returncode
 
 
 # ----- eval --------------------------------------------------------------------------------------
@@ -413,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", help="data set name (default: mnist) or an image folder")
     train.add_argument("--model", help="model preset, e.g. mnist-small, cifar-tiny, Ti/16 (see `vitlab info`)")
     train.add_argument("--config", help="YAML file with sections model, data, train")
+    train.add_argument("--recipe", help="a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     for command in (train, finetune):
         command.add_argument("--epochs", type=int, help="number of epochs")
@@ -422,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--quiet", action="store_true", help="no progress bar")
         command.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
         command.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+        command.add_argument("--nproc", type=int, default=1, help="train with N processes (torchrun + DDP)")
         command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.002")
         command.set_defaults(handler=cmd_train, resume=None)
 

@@ -125,11 +125,19 @@ class DataConfig:
     train_subset: int = 0  # 0 means the whole training split; otherwise the first N (for quick runs)
     test_fraction: float = 0.2  # image folders without train/ and test/: share held out for testing
     test_subset: int = 0
-    augment: bool = True
+    augment: bool = True  # master switch for everything below
+    affine: bool = True
     rotate_degrees: float = 10.0
     scale_min: float = 0.9
     scale_max: float = 1.1
     translate: float = 0.1  # fraction of the image size
+    crop_padding: int = 0  # random crop after zero padding by this many pixels (0: off)
+    hflip: bool = False  # left-right mirroring (off for digits)
+    randaugment: bool = False  # kornia's RandAugment, 3-channel images only (pip install 'vitlab[augment]')
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.0  # probability of erasing a random rectangle
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of image pairs (0: off)
+    cutmix_alpha: float = 0.0  # CutMix; with mixup too, one of the two is picked per batch
 
     def validate(self) -> None:
         """Raise ConfigError for values that cannot be used."""
@@ -139,6 +147,10 @@ class DataConfig:
             raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError("data.scale_min must be positive and at most data.scale_max")
+        if self.crop_padding < 0 or self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ConfigError("data.crop_padding, data.mixup_alpha and data.cutmix_alpha must not be negative")
+        if not 0 <= self.random_erasing <= 1:
+            raise ConfigError(f"data.random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if not 0 <= self.translate < 0.5:
             raise ConfigError(f"data.translate must be in [0, 0.5), got {self.translate}")
 

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from vitlab.config import RunConfig, apply_overrides, load_yaml
 from vitlab.data.datasets import input_shape
 from vitlab.errors import ConfigError
 from vitlab.models.registry import DEFAULT_PRESET, model_config
+
+RECIPE_FOLDER = Path(__file__).parent / "recipe_files"
+
+
+def recipe_names() -> list[str]:
+    """Names of the shipped recipes (src/vitlab/recipe_files/*.yaml)."""
+    return sorted(p.stem for p in RECIPE_FOLDER.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The YAML file of a shipped recipe, with a clear error for an unknown name."""
+    path = RECIPE_FOLDER / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
+    return path
 
 
 def resolve_run_config(

@@ -1,7 +1,18 @@
+import pytest
 import torch
 
-from vitlab.data.augment import random_affine
+from vitlab.config import DataConfig
+from vitlab.data.augment import (
+    augment_batch,
+    mix_batch,
+    randaugment,
+    random_affine,
+    random_crop,
+    random_erasing,
+    random_flip,
+)
 from vitlab.data.tensors import batch_indices, normalize, num_batches, to_model_input
+from vitlab.errors import ConfigError
 
 
 def test_identity_affine_leaves_images_unchanged():
@@ -44,3 +55,62 @@ def test_batches_cover_each_example_once_per_pass():
     assert sorted(seen.tolist()) == list(range(103))
     assert num_batches(103, 10) == 11 and num_batches(103, 10, drop_last=True) == 10
     assert sum(len(b) for b in batch_indices(103, 10, shuffle=False, drop_last=True)) == 100
+
+
+def test_random_crop_shifts_by_whole_pixels_within_the_padding():
+    images = torch.zeros(64, 1, 10, 10)
+    images[:, 0, 5, 5] = 1.0
+    out = random_crop(images, 2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    positions = {tuple(torch.nonzero(img[0]).flatten().tolist()) for img in out}
+    assert positions <= {(r, c) for r in range(3, 8) for c in range(3, 8)}  # moved by at most 2
+    assert len(positions) > 5 and torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(64))
+
+
+def test_flip_mirrors_about_half_the_images():
+    images = torch.arange(8.0).repeat(400, 1, 8, 1)
+    out = random_flip(images, generator=torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 0] == 7).float().mean().item()
+    assert 0.4 < flipped < 0.6
+    assert torch.equal(out[out[:, 0, 0, 0] == 7], images.flip(-1)[out[:, 0, 0, 0] == 7])
+
+
+def test_random_erasing_zeroes_one_rectangle_when_applied():
+    images = torch.ones(32, 1, 16, 16)
+    out = random_erasing(images, 1.0, generator=torch.Generator().manual_seed(0))
+    for img in out[:, 0]:
+        rows, cols = torch.nonzero(img == 0, as_tuple=True)
+        assert len(rows) > 0
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert box == len(rows)  # the erased pixels form one filled rectangle
+    assert torch.equal(random_erasing(images, 0.0), images)
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0)])
+def test_mixup_and_cutmix_mix_labels_in_the_proportion_of_pixels(mixup, cutmix):
+    torch.manual_seed(0)
+    images = torch.cat([torch.zeros(1, 1, 10, 10), torch.ones(1, 1, 10, 10)])
+    labels = torch.tensor([0, 1])
+    mixed, targets = mix_batch(images, labels, 3, mixup_alpha=mixup, cutmix_alpha=cutmix)
+    # Image 0 (zeros) takes a share of image 1 (ones): its mean is exactly the weight of label 1.
+    assert targets[0, 1].item() == pytest.approx(mixed[0].mean().item(), abs=1e-6)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(2))
+    assert targets[0, 2] == 0
+
+
+def test_augment_batch_follows_the_config_switches():
+    images = torch.rand(8, 3, 12, 12)
+    labels = torch.arange(8) % 4
+    off = DataConfig(augment=False, mixup_alpha=0.8)
+    same, targets = augment_batch(images, labels, 4, off, 0.0, None)
+    assert torch.equal(same, images) and torch.equal(targets, labels)
+    on = DataConfig(affine=False, hflip=True, crop_padding=2, random_erasing=0.5, cutmix_alpha=1.0)
+    changed, soft = augment_batch(images, labels, 4, on, 0.1, torch.Generator().manual_seed(0))
+    assert changed.shape == images.shape and soft.shape == (8, 4) and soft.dtype == torch.float32
+
+
+def test_randaugment_runs_through_kornia_on_colour_images():
+    out = randaugment(torch.rand(4, 3, 16, 16))
+    assert out.shape == (4, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
+    with pytest.raises(ConfigError, match="3-channel"):
+        randaugment(torch.rand(4, 1, 16, 16))

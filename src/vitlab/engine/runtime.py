@@ -49,10 +49,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
-def configure_threads(threads: int = 0) -> int:
-    """Use `threads` intra-op threads (0: one per core this process may use); returns the count."""
+def configure_threads(threads: int = 0, share_with: int = 1) -> int:
+    """Use `threads` intra-op threads (0: this process's share of its cores among `share_with` processes)."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    count = threads or available
+    count = threads or max(1, available // share_with)
     torch.set_num_threads(count)
     return count
 

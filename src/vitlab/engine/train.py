@@ -20,11 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.config import RunConfig, load_yaml, save_yaml
-from vitlab.data.augment import random_affine
+from vitlab.data.augment import augment_batch
 from vitlab.data.datasets import open_dataset
 from vitlab.data.sources import ImageDataset
 from vitlab.data.tensors import batch_indices, num_batches, to_model_input
 from vitlab.engine.checkpoint import RESUME_FORMAT, load_state_strict, load_tensors, save_checkpoint, save_tensors
+from vitlab.engine.distributed import (
+    check_global_batch,
+    init_process_group,
+    shard,
+    sum_across,
+    world_from_environment,
+)
 from vitlab.engine.evaluate import EvalResult, evaluate
 from vitlab.engine.finetune import adapt_state, freeze_until, layer_scale, load_pretrained, read_source
 from vitlab.engine.runtime import autocast, autocast_dtype, configure_threads, resolve_device
@@ -90,9 +97,14 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, resuming: bool = False) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
+        self.world = world_from_environment()
         self.device = resolve_device(config.train.device)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
+        init_process_group(self.world, self.device.type)
+        check_global_batch(config.train.batch_size, self.world)
         self.dtype = autocast_dtype(config.train.precision, self.device)
-        self.threads = configure_threads(config.train.threads)
+        self.threads = configure_threads(config.train.threads, share_with=self.world.size)
         data = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed)
         self.mean, self.std = data.mean, data.std
         self.train_set: ImageDataset = data.train
@@ -124,6 +136,10 @@ class Trainer:
         self.elapsed_before = 0.0  # run time spent before a resume, for time budgets
         self.warmup_done_at: float | None = None
         # Kept on the device once, so each batch is an index into memory, not a Python loop.
+        # Under torchrun, gradients are averaged across processes by DDP; weights stay identical.
+        self.train_module: nn.Module = (
+            nn.parallel.DistributedDataParallel(self.model) if self.world.distributed else self.model
+        )
         self.train_images = self.train_set.images.to(self.device)
         self.train_labels = self.train_set.labels.to(self.device)
 
@@ -205,18 +221,14 @@ class Trainer:
         cfg = self.config
         images = self.train_images[indices].float().div_(255.0)
         labels = self.train_labels[indices]
-        if cfg.data.augment:
-            images = random_affine(
-                images,
-                degrees=cfg.data.rotate_degrees,
-                scale=(cfg.data.scale_min, cfg.data.scale_max),
-                translate=cfg.data.translate,
-                generator=generator,
-            )
+        images, targets = augment_batch(
+            images, labels, cfg.model.num_classes, cfg.data, cfg.train.label_smoothing, generator
+        )
+        soft = targets.dtype.is_floating_point  # mixup / cutmix targets already carry the smoothing
         inputs = to_model_input(images, self.mean, self.std, cfg.model.img_size, cfg.model.in_channels)
         with autocast(self.device, self.dtype):
-            logits = self.model(inputs)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
+            logits = self.train_module(inputs)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.0 if soft else cfg.train.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip:
@@ -272,12 +284,12 @@ class Trainer:
             for step_in_epoch, indices in enumerate(batches):
                 step = epoch * self.steps_per_epoch + step_in_epoch
                 elapsed = time.perf_counter() - started
-                if budget and elapsed >= budget:
-                    break  # the budget ends mid-epoch: stop here with the schedule fully decayed
+                if budget and sum_across([float(elapsed >= budget)], self.world)[0] > 0:
+                    break  # the budget ends mid-epoch (for every rank at once): stop with the schedule decayed
                 lr = self.learning_rate(step, elapsed)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
-                batch_loss, batch_correct = self.train_batch(indices.to(self.device), generator)
+                batch_loss, batch_correct = self.train_batch(shard(indices, self.world).to(self.device), generator)
                 loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(indices)
                 if on_progress is not None:
                     now = time.perf_counter()
@@ -290,6 +302,7 @@ class Trainer:
                             "images_per_second": seen / max(now - epoch_start, 1e-9),
                         },
                     )
+            loss_sum, correct, seen = sum_across([loss_sum, correct, seen], self.world)
             if seen == 0:
                 break
             train_seconds = time.perf_counter() - epoch_start
@@ -319,6 +332,8 @@ class Trainer:
 
     def write_run_info(self) -> None:
         """Facts about where and how the run trains, beside its config (for reports and comparisons)."""
+        if not self.world.is_main:
+            return
         info = {
             "train_images": len(self.train_set),
             "test_images": len(self.test_set),
@@ -326,6 +341,7 @@ class Trainer:
             "device": str(self.device),
             "precision": "bf16" if self.dtype else "fp32",
             "threads": self.threads,
+            "processes": self.world.size,
             "torch": torch.__version__,
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -344,7 +360,10 @@ class Trainer:
         )
 
     def finish_epoch(self, stats: EpochStats) -> None:
-        """Record metrics, then write last (and best) checkpoints, then the resume state."""
+        """Record metrics, then write last (and best) checkpoints, then the resume state (main process only)."""
+        if not self.world.is_main:
+            self.best_accuracy = max(self.best_accuracy, stats.test_accuracy, stats.ema_test_accuracy or 0.0)
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(stats.__dict__) + "\n")
         metrics = {"test_accuracy": stats.test_accuracy, "test_loss": stats.test_loss}
@@ -414,5 +433,6 @@ def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:
     trainer.load_resume_state()
     # Lines written after the resume point belong to an epoch that will be trained again.
     kept = [s for s in read_metrics(run_dir) if s.epoch <= trainer.start_epoch]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(s.__dict__) + "\n" for s in kept))
+    if trainer.world.is_main:
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(s.__dict__) + "\n" for s in kept))
     return trainer

@@ -1,0 +1,84 @@
+"""Several processes through PyTorch's own engine: torchrun sets the environment, DDP syncs the gradients.
+
+Every rank draws the same global permutation of the data each epoch and takes its own slice of
+each global batch, so a run with N processes sees the same batches as one process with the same
+global batch size, and a run can resume with a different number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from vitlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether more than one process trains."""
+        return self.size > 1
+
+
+def world_from_environment() -> World:
+    """The World torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (one process without them)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_process_group(world: World, device_type: str) -> None:
+    """Join the process group: nccl between GPUs, gloo between CPU processes."""
+    if not world.distributed or dist.is_initialized():
+        return
+    if device_type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+
+
+def shard(indices: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's part of a global batch (every size-th index, starting at rank)."""
+    return indices[world.rank :: world.size] if world.distributed else indices
+
+
+def check_global_batch(batch_size: int, world: World) -> None:
+    """A global batch must split evenly over the processes."""
+    if world.distributed and batch_size % world.size:
+        raise ConfigError(f"train.batch_size={batch_size} does not split evenly over {world.size} processes")
+
+
+def sum_across(values: list[float], world: World) -> list[float]:
+    """Element-wise sum of a few numbers over all ranks."""
+    if not world.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier(world: World) -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if world.distributed:
+        dist.barrier()
+
+
+def shutdown(world: World) -> None:
+    """Leave the process group."""
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

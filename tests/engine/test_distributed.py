@@ -1,0 +1,95 @@
+"""Two training processes on CPU (gloo) against one process with the same global batch."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from vitlab.engine.checkpoint import load_checkpoint
+from vitlab.engine.distributed import World, shard
+from vitlab.engine.train import Trainer, prepare_run_dir, trainer_for_resume
+from vitlab.recipes import resolve_run_config
+
+# fp32 and no augmentation or dropout: the only differences left are the order of floating-point sums.
+OVERRIDES = [
+    "data.train_subset=1200",
+    "data.test_subset=200",
+    "data.augment=false",
+    "train.batch_size=100",
+    "train.precision=fp32",
+    "train.threads=1",
+]
+TOLERANCE = 1e-4  # max abs difference of any weight after 24 steps
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_shards_split_each_global_batch_between_ranks():
+    batch = torch.arange(10)
+    parts = [shard(batch, World(rank, 2, rank)) for rank in range(2)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(10))
+    assert len(parts[0]) == len(parts[1]) == 5
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    port = free_port()
+    run_dir = tmp_path / "ddp"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(rank), "2", str(port), str(run_dir), *OVERRIDES],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+    rank0, rank1 = (load_file(run_dir / f"rank{r}.safetensors") for r in range(2))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+
+    config = resolve_run_config(preset="mnist-tiny", epochs=2, seed=3, overrides=OVERRIDES)
+    prepare_run_dir(config, tmp_path / "single")
+    single = Trainer(config, tmp_path / "single")
+    single.run()
+    worst = max((single.model.state_dict()[k] - v).abs().max().item() for k, v in rank0.items())
+    assert worst <= TOLERANCE, worst
+    # Only the main process wrote the run's files, and they hold the shared weights.
+    model, _ = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, rank0[name])
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_two_process_run_resumes_in_one_process(tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    port = free_port()
+    run_dir = tmp_path / "ddp"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(rank), "2", str(port), str(run_dir), *OVERRIDES],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+    resumed = trainer_for_resume(run_dir, epochs=3)
+    assert resumed.start_epoch == 2 and resumed.world.size == 1
+    resumed.run()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
