@@ -375,6 +375,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from vitlab.errors import ConfigError
     from vitlab.recipes import resolve_run_config
     from vitlab.report.compare import write_comparison
+    from vitlab.report.run_report import build_report
 
     if bool(args.time_budget) == bool(args.epochs):
         raise ConfigError("give exactly one of --time-budget or --epochs, so every model gets the same budget")
@@ -396,6 +397,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"training {name} ...", file=sys.stderr)
         results.append(run_contender(name, config, out / name.replace("/", "-")))
+        build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
     paths = write_comparison(results, out, f"{' vs '.join(names)} on {configs[0].data.dataset}")
     if args.json:
         _print_json(

@@ -1,5 +1,6 @@
 """Two training processes on CPU (gloo) against one process with the same global batch."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -21,8 +22,15 @@ OVERRIDES = [
     "train.batch_size=100",
     "train.precision=fp32",
     "train.threads=1",
+    "train.lr=0.0005",
+    "train.warmup_epochs=0",
+    "train.label_smoothing=0",
 ]
-TOLERANCE = 1e-4  # max abs difference of any weight after 24 steps
+# Summation order differs between one and two processes. In this gentle regime (small lr, no warm-up)
+# the same noise from 1 versus 2 threads in one process moves the weights by ~4e-6 (mean relative);
+# at the default lr 5e-3 training is chaotic enough that 1 versus 2 threads alone differ by ~26%.
+WEIGHT_TOLERANCE = 1e-4  # mean relative difference of the weights after 24 steps
+LOSS_TOLERANCE = 1e-4  # relative difference of each epoch's training loss
 
 
 def free_port() -> int:
@@ -62,9 +70,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     config = resolve_run_config(preset="mnist-tiny", epochs=2, seed=3, overrides=OVERRIDES)
     prepare_run_dir(config, tmp_path / "single")
     single = Trainer(config, tmp_path / "single")
-    single.run()
-    worst = max((single.model.state_dict()[k] - v).abs().max().item() for k, v in rank0.items())
-    assert worst <= TOLERANCE, worst
+    single_result = single.run()
+    state = single.model.state_dict()
+    difference = sum((state[k] - v).abs().sum().item() for k, v in rank0.items())
+    assert difference / sum(v.abs().sum().item() for v in rank0.values()) <= WEIGHT_TOLERANCE
+    ddp_history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for ddp_epoch, single_epoch in zip(ddp_history, single_result.history):
+        assert abs(ddp_epoch["train_loss"] / single_epoch.train_loss - 1) <= LOSS_TOLERANCE
+        assert abs(ddp_epoch["test_accuracy"] - single_epoch.test_accuracy) <= 0.01
     # Only the main process wrote the run's files, and they hold the shared weights.
     model, _ = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
     for name, value in model.state_dict().items():

@@ -289,8 +289,9 @@ class Trainer:
                 lr = self.learning_rate(step, elapsed)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
-                batch_loss, batch_correct = self.train_batch(shard(indices, self.world).to(self.device), generator)
-                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(indices)
+                local = shard(indices, self.world)  # this process's part of the global batch
+                batch_loss, batch_correct = self.train_batch(local.to(self.device), generator)
+                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(local)
                 if on_progress is not None:
                     now = time.perf_counter()
                     on_progress(
