@@ -83,3 +83,15 @@ def test_python_api_runs_an_exported_onnx_file(tmp_path, checkpoint):
     from_torch = vitlab.load(path).predict([digit, digit])
     assert [p.label for p in from_onnx] == [p.label for p in from_torch]
     assert abs(from_onnx[0].probabilities[0] - from_torch[0].probabilities[0]) < 1e-4
+
+
+def test_a_vit_runs_at_another_image_size_with_a_resampled_position_table(tmp_path, checkpoint):
+    path, model = checkpoint
+    big = vitlab.load(path, img_size=42)
+    assert big.img_size == 42 and big._model.pos_embed.shape == (1, 36, 32)
+    digit = (np.random.default_rng(2).random((28, 28)) * 255).astype(np.uint8)
+    probs = big.predict_proba(digit)
+    assert probs.shape == (1, 10)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1))
+    # The rest of the weights are untouched.
+    torch.testing.assert_close(big._model.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)

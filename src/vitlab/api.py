@@ -40,7 +40,7 @@ class Prediction:
 class Classifier:
     """A trained model (PyTorch or ONNX) with the class names and normalisation it was trained with."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, img_size: int | None = None) -> None:
         path = Path(path)
         if path.suffix == ".onnx":
             from vitlab.export import OnnxClassifier
@@ -53,6 +53,8 @@ class Classifier:
             from vitlab.engine.checkpoint import load_checkpoint
 
             self._model, self.metadata = load_checkpoint(path)
+            if img_size and img_size != self._model.config.img_size and self._model.config.arch == "vit":
+                self._model = at_image_size(self._model, img_size)
             self.channels, self.img_size = self._model.config.in_channels, self._model.config.img_size
             self._onnx = None
         self.mean = self.metadata.get("mean") or [0.5] * self.channels
@@ -106,6 +108,22 @@ class Classifier:
         ]
 
 
-def load(path: str | Path) -> Classifier:
-    """Load a run directory, a vitlab checkpoint or an exported ONNX file for prediction."""
-    return Classifier(path)
+def at_image_size(model: torch.nn.Module, img_size: int) -> torch.nn.Module:
+    """The same ViT for another input size: the learned position table is resampled to the new patch grid."""
+    import dataclasses
+
+    from vitlab.engine.finetune import adapt_state
+    from vitlab.models.vit import ViT
+
+    config = dataclasses.replace(model.config, img_size=img_size)
+    resized = ViT(config).eval()
+    resized.load_state_dict(adapt_state(model.state_dict(), model.config, config, keep_head=True))
+    return resized
+
+
+def load(path: str | Path, img_size: int | None = None) -> Classifier:
+    """Load a run directory, a vitlab checkpoint or an exported ONNX file for prediction.
+
+    img_size runs a ViT checkpoint at another input size (position table resampled bicubically).
+    """
+    return Classifier(path, img_size)

@@ -189,7 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.api import load
 
-    classifier = load(args.checkpoint)
+    classifier = load(args.checkpoint, img_size=args.img_size)
     items = [classifier.to_uint8(path) for path in args.images]  # every file is checked before any is classified
     if args.invert:
         items = [255 - item for item in items]
@@ -474,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--img-size", type=int, help="run a ViT at another input size (position table resampled)")
     predict.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=cmd_predict)

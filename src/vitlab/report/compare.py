@@ -60,16 +60,19 @@ def write_comparison(results: list[ContenderResult], folder: Path, title: str) -
                 ]
             )
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(11, 4))
     for r in results:
         if r.curve:
-            ax.plot([t / 60 for t, _ in r.curve], [100 * a for _, a in r.curve], "o-", label=r.name, markersize=3)
-    ax.set(xlabel="wall-clock minutes (training + evaluation)", ylabel="test accuracy (%)", title=title)
-    finals = [100 * a for r in results for _, a in r.curve]
+            for ax in (full, zoom):
+                ax.plot([t / 60 for t, _ in r.curve], [100 * a for _, a in r.curve], "o-", label=r.name, markersize=3)
+    finals = [100 * r.test_accuracy for r in results]
+    full.set(xlabel="wall-clock minutes (training + evaluation)", ylabel="test accuracy (%)", title=title)
+    zoom.set(xlabel="wall-clock minutes (training + evaluation)", ylabel="test accuracy (%)", title="the last points")
     if finals:
-        ax.set_ylim(max(min(finals) - 1, 0), min(max(finals) + 0.5, 100))
-    ax.grid(alpha=0.3)
-    ax.legend()
+        zoom.set_ylim(max(min(finals) - 2, 0), min(max(finals) + 0.5, 100))
+    for ax in (full, zoom):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
     save_figure(fig, folder / "compare.png")
 
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]

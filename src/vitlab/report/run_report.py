@@ -76,12 +76,15 @@ def build_report(run_dir: str | Path) -> Path:
     plots.plot_curves(history, folder / "curves.png")
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     steps_per_epoch = run_info.get("steps_per_epoch") or num_batches(60000, config.train.batch_size, drop_last=True)
-    total = config.train.epochs * steps_per_epoch
-    warmup = int(round(config.train.warmup_epochs * steps_per_epoch))
-    steps = list(range(0, total, max(1, total // 400)))
-    plots.plot_learning_rate(
-        steps, [warmup_cosine(s, total, warmup, config.train.lr, config.train.min_lr) for s in steps], folder / "lr.png"
-    )
+    if config.train.time_budget:  # the schedule ran on time: show the rate each epoch ended with
+        steps = [h["epoch"] * steps_per_epoch for h in history]
+        rates = [h["lr"] for h in history]
+    else:
+        total = config.train.epochs * steps_per_epoch
+        warmup = int(round(config.train.warmup_epochs * steps_per_epoch))
+        steps = list(range(0, total, max(1, total // 400)))
+        rates = [warmup_cosine(s, total, warmup, config.train.lr, config.train.min_lr) for s in steps]
+    plots.plot_learning_rate(steps, rates, folder / "lr.png")
     plots.plot_confusion(scores.confusion, names, folder / "confusion.png")
     plots.plot_per_class(scores.per_class_accuracy, names, folder / "per_class.png")
     wrong = (predicted != test.labels).nonzero().flatten()[:MISCLASSIFIED_SHOWN]
