@@ -118,15 +118,18 @@ def train_step_fn(
 ) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     model.train()
-    images_u8 = torch.randint(0, 255, (4096, config.in_channels, config.img_size, config.img_size), dtype=torch.uint8)
-    labels_all = torch.randint(0, config.num_classes, (4096,))
+    # A pool of uint8 images four batches deep: big enough to index randomly, small enough that the
+    # peak memory measured is the model's, not the pool's.
+    pool = 4 * batch
+    images_u8 = torch.randint(0, 255, (pool, config.in_channels, config.img_size, config.img_size), dtype=torch.uint8)
+    labels_all = torch.randint(0, config.num_classes, (pool,))
     ready = torch.randn(batch, config.in_channels, config.img_size, config.img_size)
     ready_labels = labels_all[:batch]
     mean, std = [0.5] * config.in_channels, [0.25] * config.in_channels
 
     def step() -> None:
         if with_data:
-            index = torch.randint(0, 4096, (batch,))
+            index = torch.randint(0, pool, (batch,))
             images = images_u8[index].float().div_(255.0)
             images = random_affine(images, degrees=10, scale=(0.9, 1.1), translate=0.1)
             inputs, labels = to_model_input(images, mean, std, config.img_size, config.in_channels), labels_all[index]

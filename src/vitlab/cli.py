@@ -398,7 +398,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"training {name} ...", file=sys.stderr)
         results.append(run_contender(name, config, out / name.replace("/", "-")))
         build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
-    paths = write_comparison(results, out, f"{' vs '.join(names)} on {configs[0].data.dataset}")
+    paths = write_comparison(results, out, f"{' vs '.join(names)} on {Path(configs[0].data.dataset).name}")
     if args.json:
         _print_json(
             {

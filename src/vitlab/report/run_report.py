@@ -22,6 +22,13 @@ MISCLASSIFIED_SHOWN = 24
 ATTENTION_EXAMPLES = 3
 
 
+def spread(indices: torch.Tensor, count: int) -> torch.Tensor:
+    """Up to `count` of the indices, evenly spaced (test sets are often sorted by class)."""
+    if len(indices) <= count:
+        return indices
+    return indices[torch.linspace(0, len(indices) - 1, count).round().long()]
+
+
 def most_confused_pairs(confusion: torch.Tensor, class_names: list[str], count: int = 5) -> list[tuple[str, str, int]]:
     """The off-diagonal cells with the most errors: (true class, predicted class, count)."""
     off = confusion.clone()
@@ -87,12 +94,13 @@ def build_report(run_dir: str | Path) -> Path:
     plots.plot_learning_rate(steps, rates, folder / "lr.png")
     plots.plot_confusion(scores.confusion, names, folder / "confusion.png")
     plots.plot_per_class(scores.per_class_accuracy, names, folder / "per_class.png")
-    wrong = (predicted != test.labels).nonzero().flatten()[:MISCLASSIFIED_SHOWN]
+    wrong = spread((predicted != test.labels).nonzero().flatten(), MISCLASSIFIED_SHOWN)
     captions = [f"true {names[test.labels[i]]}\npred {names[predicted[i]]}" for i in wrong.tolist()]
     plots.plot_image_grid(test.images[wrong], captions, folder / "misclassified.png", "Misclassified test images")
     has_attention = config.model.arch == "vit"
     if has_attention:
-        attention_figures(model, test.images[:ATTENTION_EXAMPLES], metadata["mean"], metadata["std"], folder)
+        examples = spread(torch.arange(len(test)), ATTENTION_EXAMPLES)
+        attention_figures(model, test.images[examples], metadata["mean"], metadata["std"], folder)
 
     pairs = most_confused_pairs(scores.confusion, names)
     total_seconds = sum(h["seconds"] for h in history)
