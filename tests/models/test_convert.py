@@ -142,3 +142,32 @@ def test_pickled_objects_are_never_executed(tmp_path):
     torch.save({"weights": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_foreign(tmp_path / "evil.pth")
+
+
+def test_hugging_face_backbone_without_a_head_gives_the_same_tokens(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+    )
+    backbone = transformers.ViTModel(config).eval()
+    with torch.no_grad():
+        for param in backbone.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    backbone.save_pretrained(tmp_path / "backbone")
+    converted = load_foreign(tmp_path / "backbone")
+    assert not any(key.startswith("head.") for key in converted.state)  # a backbone brings no classifier
+    model = ViT(converted.config).eval()
+    missing, unexpected = model.load_state_dict(converted.state, strict=False)
+    assert set(missing) == {"head.weight", "head.bias"} and not unexpected
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = backbone(pixel_values=images).last_hidden_state
+        actual = model.forward_features(images)
+    # vitlab keeps the class token's position folded into the token, so every token matches.
+    assert (actual - expected).abs().max().item() <= 1e-4
