@@ -161,14 +161,18 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> floa
 
 
 def peak_memory_mb(contender: str, config_name: str, steps: int) -> float:
-    """Peak RSS of a fresh process running `steps` training steps of one contender."""
+    """Peak RSS of a fresh process running `steps` training steps of one contender.
+
+    Read from VmHWM, the high-water mark of the process's own memory map: getrusage's ru_maxrss
+    would carry over the parent's resident size from the fork.
+    """
     code = (
-        "import resource, sys, torch; sys.path.insert(0, 'benchmarks'); import speed; "
+        "import sys, torch; sys.path.insert(0, 'benchmarks'); import speed; "
         f"torch.set_num_threads({torch.get_num_threads()}); "
         f"cfg, batch = speed.CONFIGS[{config_name!r}]; model = speed.CONTENDERS[{contender!r}](cfg); "
         "step = speed.train_step_fn(model, cfg, batch, True, speed.DTYPE); "
         f"[step() for _ in range({steps})]; "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM')) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
