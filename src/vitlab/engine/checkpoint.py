@@ -8,9 +8,13 @@ about which weights belong to which config. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +34,27 @@ FORMAT_VERSION = 1
 METADATA_KEY = "vitlab"
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM until the block ends (main thread only), so a write is never cut in half."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with interrupts_deferred():
+        _write_then_rename(path, payload)
+
+
+def _write_then_rename(path: Path, payload: bytes) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0)
