@@ -39,17 +39,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_shards_split_each_global_batch_between_ranks():
-    batch = torch.arange(10)
-    parts = [shard(batch, World(rank, 2, rank)) for rank in range(2)]
-    assert sorted(torch.cat(parts).tolist()) == list(range(10))
-    assert len(parts[0]) == len(parts[1]) == 5
-
-
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+def train_two_ranks(run_dir: Path) -> None:
+    """Two worker processes joined in a gloo group train one run; each saves its own weights."""
     worker = Path(__file__).with_name("ddp_worker.py")
     port = free_port()
-    run_dir = tmp_path / "ddp"
     procs = [
         subprocess.Popen(
             [sys.executable, str(worker), str(rank), "2", str(port), str(run_dir), *OVERRIDES],
@@ -63,6 +56,18 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err
+
+
+def test_shards_split_each_global_batch_between_ranks():
+    batch = torch.arange(10)
+    parts = [shard(batch, World(rank, 2, rank)) for rank in range(2)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(10))
+    assert len(parts[0]) == len(parts[1]) == 5
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    run_dir = tmp_path / "ddp"
+    train_two_ranks(run_dir)
     rank0, rank1 = (load_file(run_dir / f"rank{r}.safetensors") for r in range(2))
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
@@ -86,22 +91,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 
 def test_a_two_process_run_resumes_in_one_process(tmp_path):
-    worker = Path(__file__).with_name("ddp_worker.py")
-    port = free_port()
     run_dir = tmp_path / "ddp"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(worker), str(rank), "2", str(port), str(run_dir), *OVERRIDES],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).parents[2],
-        )
-        for rank in range(2)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err
+    train_two_ranks(run_dir)
     resumed = trainer_for_resume(run_dir, epochs=3)
     assert resumed.start_epoch == 2 and resumed.world.size == 1
     resumed.run()

@@ -17,26 +17,36 @@ from vitlab.models.vit import ViT
 transformers = pytest.importorskip("transformers")
 
 
-def hf_model(qkv_bias=True, num_labels=5):
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        num_channels=3,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        num_labels=num_labels,
-        qkv_bias=qkv_bias,
-        id2label={i: f"class{i}" for i in range(num_labels)},
-        label2id={f"class{i}": i for i in range(num_labels)},
-    )
-    model = transformers.ViTForImageClassification(config).eval()
-    with torch.no_grad():  # random, non-trivial weights everywhere (HF inits some to zero)
+SMALL_VIT = dict(
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=96,
+)
+
+
+def jitter(model):
+    """Random, non-trivial weights everywhere (HF initialises some to zero)."""
+    with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.05)
     return model
+
+
+def hf_model(qkv_bias=True, num_labels=5):
+    torch.manual_seed(0)
+    labels = {i: f"class{i}" for i in range(num_labels)}
+    config = transformers.ViTConfig(
+        **SMALL_VIT,
+        num_labels=num_labels,
+        qkv_bias=qkv_bias,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    return jitter(transformers.ViTForImageClassification(config).eval())
 
 
 def as_vitlab(converted):
@@ -146,19 +156,7 @@ def test_pickled_objects_are_never_executed(tmp_path):
 
 def test_hugging_face_backbone_without_a_head_gives_the_same_tokens(tmp_path):
     torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        num_channels=3,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-    )
-    backbone = transformers.ViTModel(config).eval()
-    with torch.no_grad():
-        for param in backbone.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
+    backbone = jitter(transformers.ViTModel(transformers.ViTConfig(**SMALL_VIT)).eval())
     backbone.save_pretrained(tmp_path / "backbone")
     converted = load_foreign(tmp_path / "backbone")
     assert not any(key.startswith("head.") for key in converted.state)  # a backbone brings no classifier
