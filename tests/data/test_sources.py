@@ -5,13 +5,14 @@ import struct
 import numpy as np
 import pytest
 
-from vitlab.data.sources import DATASETS, PACKAGED_MNIST, load_split, read_idx, sha256_of
+from vitlab.data.download import file_digest
+from vitlab.data.sources import DATASETS, PACKAGED_MNIST, load_split, read_idx
 from vitlab.errors import DataError
 
 
 def test_packaged_mnist_matches_published_checksums():
     for name, digest in DATASETS["mnist"].sha256.items():
-        assert sha256_of(PACKAGED_MNIST / name) == digest
+        assert file_digest(PACKAGED_MNIST / name, "sha256") == digest
 
 
 def test_mnist_test_split_has_the_published_class_counts(mnist_test):

@@ -35,7 +35,8 @@ class RemoteFile:
     sha256: str = ""
 
 
-def _digest_of(path: Path, algorithm: str) -> str:
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest (sha256, md5, ...) of a file, read in chunks."""
     digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -46,8 +47,8 @@ def _digest_of(path: Path, algorithm: str) -> str:
 def matches_checksum(path: Path, remote: RemoteFile) -> bool:
     """Whether a file on disk has the published checksum (SHA-256 when known, else MD5)."""
     if remote.sha256:
-        return _digest_of(path, "sha256") == remote.sha256
-    return _digest_of(path, "md5") == remote.md5
+        return file_digest(path, "sha256") == remote.sha256
+    return file_digest(path, "md5") == remote.md5
 
 
 def mirror_urls(remote: RemoteFile) -> list[str]:
