@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import tarfile
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
 
 
 def cpu_model() -> str:
@@ -32,3 +35,12 @@ def machine_line() -> str:
 def today() -> str:
     """The date in ISO form (UTC)."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def cifar_folder(work: Path) -> Path:
+    """Unpack the CIFAR-10 JPEG archive (train/ and test/ class folders) into work/cifar10 once."""
+    target = work / "cifar10"
+    if not (target / "train").is_dir():
+        with tarfile.open(CIFAR_ARCHIVE) as archive:
+            archive.extractall(target, filter="data")
+    return target

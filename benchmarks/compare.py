@@ -12,29 +12,16 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, machine_line, today
-
-HERE = Path(__file__).resolve().parent
-CIFAR_ARCHIVE = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+from common import RESULTS, cifar_folder, machine_line, today
 
 SETUPS = {
     "mnist": {"models": "mnist-tiny,resnet-small", "extra": []},
     # The same two architectures at CIFAR's 32x32 RGB input (channels follow the data set).
     "cifar10": {"models": "cifar-tiny,resnet-small", "extra": ["model.img_size=32"]},
 }
-
-
-def cifar_folder(work: Path) -> Path:
-    """Unpack the CIFAR-10 JPEG archive (train/ and test/ class folders) once."""
-    target = work / "cifar10"
-    if not (target / "train").is_dir():
-        with tarfile.open(CIFAR_ARCHIVE) as archive:
-            archive.extractall(target, filter="data")
-    return target
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ POSENC_CHOICES = ("learned", "sincos1d", "sincos2d", "none")
 POOL_CHOICES = ("cls", "mean", "map")
 HEAD_CHOICES = ("linear", "mlp")
 ATTENTION_CHOICES = ("auto", "manual", "sdpa")
+STEM_CHOICES = ("patch", "conv")
 OPTIMIZER_CHOICES = ("adamw", "adam")
 PRECISION_CHOICES = ("auto", "bf16", "fp32")
 
@@ -38,6 +39,7 @@ class ModelConfig:
     in_channels: int = 1
     num_classes: int = 10
     patch_size: int = 7
+    stem: str = "patch"  # patch: one strided projection; conv: stride-2 3x3 convolutions down to the patch grid
     embed_dim: int = 64
     depth: int = 4
     num_heads: int = 4
@@ -88,6 +90,7 @@ class ModelConfig:
         _check_choice("model.pool", self.pool, POOL_CHOICES)
         _check_choice("model.head", self.head, HEAD_CHOICES)
         _check_choice("model.attention", self.attention, ATTENTION_CHOICES)
+        _check_choice("model.stem", self.stem, STEM_CHOICES)
         for name in ("img_size", "in_channels", "num_classes", "patch_size", "embed_dim", "depth", "num_heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
@@ -110,6 +113,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.img_size={self.img_size} is not a multiple of model.patch_size={self.patch_size}; "
                 "set model.pad_to_patch=true to pad the image, or change one of them"
+            )
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError(
+                f"model.stem=conv halves the image per convolution, so model.patch_size must be a power of 2 "
+                f"(2, 4, 8, 16), got {self.patch_size}"
             )
         for name in ("dropout", "attention_dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -178,6 +186,7 @@ class TrainConfig:
     threads: int = 0  # 0 means one per available core
     seed: int = 0
     eval_batch_size: int = 1000
+    eval_every: int = 1  # evaluate (and checkpoint) every N epochs and after the last one
     time_budget: float = 0.0  # seconds; when set, the run ends on time and train.epochs is ignored
     ema_decay: float = 0.0  # 0 disables the exponential moving average of the weights
     init_from: str = ""  # pretrained weights: a vitlab checkpoint or run, a Hugging Face folder, a timm file
@@ -190,8 +199,8 @@ class TrainConfig:
         _check_choice("train.precision", self.precision, PRECISION_CHOICES)
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("train.batch_size and train.eval_batch_size must be at least 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1 or self.eval_every < 1:
+            raise ConfigError("train.batch_size, train.eval_batch_size and train.eval_every must be at least 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:

@@ -125,3 +125,22 @@ def test_ema_weights_are_evaluated_and_saved_beside_the_raw_weights(tmp_path):
     _, best = load_checkpoint(tmp_path / "run")
     assert best["weights"] in ("raw", "ema")
     assert best["metrics"]["test_accuracy"] == max(stats.test_accuracy, stats.ema_test_accuracy)
+
+
+def test_eval_every_skips_evaluations_but_always_scores_the_last_epoch(tmp_path):
+    trainer = new_trainer(tmp_path, quick_config(epochs=3, eval_every=2))
+    evaluations = []
+    original = trainer.evaluate
+    trainer.evaluate = lambda model=None: evaluations.append(1) or original(model)
+    result = trainer.run()
+    assert [s.epoch for s in result.history] == [2, 3]  # epoch 1 skipped, the last one always scored
+    assert len(evaluations) == 2
+    resumed = trainer_for_resume(tmp_path / "run", epochs=4)  # the resume state moved on after epoch 3
+    assert resumed.start_epoch == 3
+
+
+def test_a_budgeted_run_scores_the_epoch_its_budget_ends_in(tmp_path):
+    result = new_trainer(tmp_path, quick_config(epochs=1, time_budget=3.0, eval_every=1000)).run()
+    assert len(result.history) == 1 and result.history[-1].elapsed >= 3.0
+    assert result.final.accuracy == result.history[-1].test_accuracy
+

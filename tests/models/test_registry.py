@@ -42,3 +42,12 @@ def test_analytic_flops_match_pytorchs_flop_counter(pool, head, class_token):
     with counter, torch.no_grad():
         model(torch.randn(1, 1, 28, 28))
     assert forward_flops(config) == counter.get_total_flops()
+
+
+def test_analytic_flops_count_the_convolutional_stem():
+    config = tiny_config(stem="conv", patch_size=4, embed_dim=48, num_heads=3)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        ViT(config).eval()(torch.randn(1, 1, 28, 28))
+    assert forward_flops(config) == counter.get_total_flops()
+    assert forward_flops(config) > forward_flops(tiny_config(patch_size=4, embed_dim=48, num_heads=3))

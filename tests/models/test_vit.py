@@ -154,6 +154,23 @@ def test_image_not_a_multiple_of_the_patch_is_padded_when_allowed():
         ViT(tiny_config(img_size=30))
 
 
+def test_conv_stem_gives_the_patch_grid_and_sees_across_patch_borders():
+    config = tiny_config(stem="conv", patch_size=4, img_size=30, pad_to_patch=True, embed_dim=32, num_heads=2)
+    model = ViT(config).eval()
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [(1, 16, 2), (16, 32, 2), (32, 32, 1)]
+    images = torch.randn(2, 1, 30, 30)
+    out = model(images, return_intermediates=True)
+    assert out["patches"].shape == (2, 64, 32)  # ceil(30 / 4) = 8 per side, like the patch embedding
+    # Changing one pixel on the border of two patches moves both tokens: the receptive fields overlap,
+    # which a plain patch embedding (each token sees only its own patch) never does.
+    shifted = images.clone()
+    shifted[:, :, 3, 3] += 10.0  # the last pixel of patch (0, 0), next to patch (1, 1)
+    moved = (model(shifted, return_intermediates=True)["patches"] - out["patches"]).abs().sum(-1)[0]
+    assert moved[0] > 0 and moved[9] > 0
+    assert torch.isfinite(model(images)).all()
+
+
 def test_mlp_head_and_stochastic_depth():
     torch.manual_seed(0)
     model = ViT(tiny_config(head="mlp", head_hidden_dim=16, drop_path=0.5, dropout=0.1))
@@ -173,6 +190,8 @@ def test_mlp_head_and_stochastic_depth():
         (dict(pool="max"), "model.pool"),
         (dict(posenc="rope"), "model.posenc"),
         (dict(depth=0), "at least 1"),
+        (dict(stem="conv"), "power of 2"),  # tiny_config's patch is 7
+        (dict(stem="resnet"), "model.stem"),
     ],
 )
 def test_impossible_configs_are_refused(overrides, message):

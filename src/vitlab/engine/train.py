@@ -271,7 +271,7 @@ class Trainer:
         scores = None
         self.model.train()
         epoch = self.start_epoch
-        while (epoch < cfg.train.epochs) if not budget else (time.perf_counter() - started < budget):
+        while budget or epoch < cfg.train.epochs:  # a budgeted run stops after the epoch the budget ends in
             # Reseed per epoch: the shuffle, augmentation and dropout of epoch e depend only on (seed, e).
             torch.manual_seed(cfg.train.seed * 100_003 + epoch)
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
@@ -307,6 +307,14 @@ class Trainer:
             if seen == 0:
                 break
             train_seconds = time.perf_counter() - epoch_start
+            last = self.is_last_epoch(epoch, started)
+            if (epoch + 1) % cfg.train.eval_every and not last:
+                # Evaluation skipped this epoch (it can cost as much as training on small data sets);
+                # the resume state still moves on, so an interruption loses at most one epoch.
+                if self.world.is_main:
+                    self.save_resume_state(epoch + 1, time.perf_counter() - started)
+                epoch += 1
+                continue
             scores = self.evaluate()
             ema_scores = self.evaluate(self.ema_model) if self.ema_model is not None else None
             stats = EpochStats(
@@ -326,10 +334,19 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(stats)
             epoch += 1
+            if last:
+                break
         result.final = scores or self.evaluate()
         result.best_accuracy = max(self.best_accuracy, 0.0)
         result.seconds = time.perf_counter() - started
         return result
+
+    def is_last_epoch(self, epoch: int, started: float) -> bool:
+        """Whether the epoch just trained ends the run: the last epoch, or the time budget spent (on any rank)."""
+        budget = self.config.train.time_budget
+        if not budget:
+            return epoch + 1 >= self.config.train.epochs
+        return sum_across([float(time.perf_counter() - started >= budget)], self.world)[0] > 0
 
     def write_run_info(self) -> None:
         """Facts about where and how the run trains, beside its config (for reports and comparisons)."""

@@ -4,6 +4,7 @@ Counts multiply-accumulates (MACs) of the matrix products, which dominate; FLOPs
 With N patch tokens, T = N (+1 with a class token), width D, MLP width M, patch P, channels C,
 depth L and K classes:
   patch embedding      N * C * P^2 * D
+  (conv stem instead)  sum over its 3x3 convolutions of (output side)^2 * 9 * C_in * C_out, + N * C_last * D
   per block            T * 3D^2 (Q, K, V)  +  2 * T^2 * D (QK^T and attention x V)
                        + T * D^2 (output projection)  +  2 * T * D * M (MLP)
   attention pooling    D^2 (query) + 2 T D^2 (keys, values) + 2 T D (attend) + D^2 + 2 D M
@@ -27,7 +28,7 @@ def forward_macs(config: ModelConfig) -> int:
     n = config.num_patches
     t = config.num_tokens
     d, m = config.embed_dim, config.mlp_dim
-    macs = n * config.in_channels * config.patch_size**2 * d
+    macs = stem_macs(config) if config.stem == "conv" else n * config.in_channels * config.patch_size**2 * d
     per_block = t * 3 * d * d + 2 * t * t * d + t * d * d + 2 * t * d * m
     macs += config.depth * per_block
     if config.pool == "map":
@@ -38,6 +39,19 @@ def forward_macs(config: ModelConfig) -> int:
     else:
         macs += d * config.num_classes
     return macs
+
+
+def stem_macs(config: ModelConfig) -> int:
+    """Multiply-accumulates of the convolutional stem (models.vit.ConvStem) for one image."""
+    from vitlab.models.vit import ConvStem
+
+    side = config.grid_size * config.patch_size
+    macs = 0
+    convs = [m for m in ConvStem(config).modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs[:-1]:
+        side //= 2
+        macs += side * side * 9 * conv.in_channels * conv.out_channels
+    return macs + config.num_patches * convs[-1].in_channels * config.embed_dim
 
 
 def forward_flops(config: ModelConfig) -> int:

@@ -52,6 +52,14 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
     return x * mask / keep
 
 
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the right and bottom so both sides are multiples of `multiple` (never crop)."""
+    height, width = images.shape[-2:]
+    if height % multiple or width % multiple:
+        images = F.pad(images, (0, -width % multiple, 0, -height % multiple))
+    return images
+
+
 class PatchEmbed(nn.Module):
     """Split the image into non-overlapping patches and project each to the embedding width.
 
@@ -63,14 +71,36 @@ class PatchEmbed(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.patch_size = config.patch_size
-        self.padded_size = config.grid_size * config.patch_size
         self.proj = nn.Conv2d(config.in_channels, config.embed_dim, config.patch_size, stride=config.patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            images = F.pad(images, (0, -width % self.patch_size, 0, -height % self.patch_size))
-        return self.proj(images).flatten(2).transpose(1, 2)  # (batch, patches, dim), row-major
+        tokens = self.proj(pad_to_multiple(images, self.patch_size))
+        return tokens.flatten(2).transpose(1, 2)  # (batch, patches, dim), row-major
+
+
+class ConvStem(nn.Module):
+    """The patch grid reached by stride-2 3x3 convolutions instead of one strided projection.
+
+    log2(patch) convolutions, each halving the image and doubling the channels up to the width,
+    with BatchNorm and ReLU, then a 1x1 projection (Xiao et al. 2021, "Early convolutions help
+    transformers see better"). Same tokens, same grid as PatchEmbed; overlapping receptive
+    fields give the encoder local features the single projection cannot.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        halvings = config.patch_size.bit_length() - 1
+        widths = [config.in_channels] + [max(config.embed_dim >> (halvings - 1 - i), 8) for i in range(halvings)]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(widths[-1], config.embed_dim, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.proj(self.convs(pad_to_multiple(images, self.patch_size)))
+        return tokens.flatten(2).transpose(1, 2)  # (batch, patches, dim), row-major
 
 
 class SelfAttention(nn.Module):
@@ -171,7 +201,7 @@ class ViT(nn.Module):
         self.config = config
         dim = config.embed_dim
 
-        self.patch_embed = PatchEmbed(config)
+        self.patch_embed = ConvStem(config) if config.stem == "conv" else PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.has_class_token else None
         if config.posenc == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches, dim))
@@ -209,7 +239,7 @@ class ViT(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        # The patch projection is a linear map of the flattened patch: LeCun-normal-like fan-in init.
+        # The patch (or stem's 1x1) projection is a linear map of its input: LeCun-normal-like fan-in init.
         proj = self.patch_embed.proj
         nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / proj.weight[0].numel()))
         nn.init.zeros_(proj.bias)
