@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,34 @@ def test_full_disk_while_caching_costs_the_cache_not_the_run(tmp_path, monkeypat
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
     again = open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16)  # half-written tmp not used
     assert torch.equal(again.train.images, splits.train.images)
+
+
+def anonymous_memory_mb() -> float:
+    """This process's resident anonymous memory (heap, not file pages the OS can drop)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_decoded_images_stream_to_disk_so_memory_stays_bounded(tmp_path):
+    # 600 small files decoded at 160x160 RGB: 46 MB of pixels, which must not land on the heap.
+    root = tmp_path / "big"
+    for label in range(2):
+        (root / str(label)).mkdir(parents=True)
+        for index in range(300):
+            Image.new("RGB", (5, 4), (index % 256, 40 * label, 7)).save(root / str(label) / f"{index}.png")
+    files, _, _ = folders.folder_files(root, test_fraction=0.0)
+    before = anonymous_memory_mb()
+    split = folders.load_folder_split(files, 3, 160, workers=1)
+    grown = anonymous_memory_mb() - before
+    assert split.images.shape == (600, 3, 160, 160)
+    assert grown < 15, f"decoding grew the heap by {grown:.0f} MB for 46 MB of images"
+    # The rows are the images, in file order, read back from the file.
+    path, label = files[123]
+    expected = folders.load_image(path, 3, 160)
+    assert torch.equal(split.images[123], expected) and split.labels[123] == label
+    again = folders.load_folder_split(files, 3, 160, workers=1)  # from the cache, mapped again
+    assert torch.equal(again.images[599], split.images[599])
+    uncached = folders.load_folder_split(files, 3, 160, use_cache=False, workers=1)
+    assert torch.equal(uncached.images[7], split.images[7])

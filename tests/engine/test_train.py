@@ -143,4 +143,3 @@ def test_a_budgeted_run_scores_the_epoch_its_budget_ends_in(tmp_path):
     result = new_trainer(tmp_path, quick_config(epochs=1, time_budget=3.0, eval_every=1000)).run()
     assert len(result.history) == 1 and result.history[-1].elapsed >= 3.0
     assert result.final.accuracy == result.history[-1].test_accuracy
-

@@ -43,9 +43,18 @@ def input_shape(dataset: str) -> tuple[int, int]:
 
 def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of uint8 images, in [0, 1] units."""
-    sample = images[:20_000].float().div_(255.0)
-    mean = sample.mean(dim=(0, 2, 3))
-    std = sample.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    # Up to 20,000 images spread over the whole set (folders come sorted by class), 500 at a time,
+    # so a memory-mapped folder is never read into memory whole.
+    picks = torch.linspace(0, len(images) - 1, min(len(images), 20_000)).round().long()
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in picks.split(500):
+        pixels = images[chunk].double().div_(255.0).transpose(0, 1).flatten(1)
+        total += pixels.sum(dim=1)
+        squares += pixels.square().sum(dim=1)
+    count = len(picks) * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp(min=0).sqrt().clamp(min=1e-3)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 

@@ -1,9 +1,11 @@
 """Image folders (`root/<class>/*.png|jpg|...`, optionally under `train/` and `test/` or `val/`).
 
-Images are decoded once, in worker processes, resized to the model's input and kept as uint8;
-the result is cached on disk (plain .npy arrays and JSON, never pickles) under a key made from
-the folder's file list, sizes and times, so later runs skip decoding. Unreadable files are
-skipped and reported, never fatal.
+Images are decoded once, in worker processes, resized to the model's input and kept as uint8.
+Decoded images stream to a file on disk as they arrive and are read back through a memory map,
+so memory stays bounded whatever the folder's size: a folder larger than RAM trains, with the
+operating system paging images in and out. The file is the cache (raw uint8 rows, .npy labels
+and JSON, never pickles), kept under a key made from the folder's file list, sizes and times, so
+later runs skip decoding. Unreadable files are skipped and reported, never fatal.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,28 +98,44 @@ def _decode(task: tuple[str, int, int]) -> np.ndarray | str:
         return str(exc)
 
 
-def decode_files(files: list[tuple[str, int]], channels: int, size: int, workers: int) -> FolderSplit:
-    """Decode a list of files in worker processes; unreadable ones are collected, not raised."""
-    tasks = [(path, channels, size) for path, _ in files]
-    chunk = max(1, len(tasks) // (workers * 16) if workers else 1)
+def _decoded(tasks: list[tuple[str, int, int]], workers: int) -> Iterator[np.ndarray | str]:
+    """Each task's image (or error message), in order, decoded in worker processes when it pays."""
     if workers > 1 and len(tasks) > 256:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            decoded = list(pool.map(_decode, tasks, chunksize=chunk))
+            yield from pool.map(_decode, tasks, chunksize=max(1, min(256, len(tasks) // (workers * 16))))
     else:
-        decoded = [_decode(task) for task in tasks]
-    arrays, labels, skipped = [], [], []
-    for (path, label), item in zip(files, decoded):
-        if isinstance(item, str):
-            skipped.append(path)
-        else:
-            arrays.append(item)
-            labels.append(label)
-    images = np.stack(arrays) if arrays else np.zeros((0, channels, size, size), np.uint8)
-    return FolderSplit(torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64), (), skipped)
+        yield from map(_decode, tasks)
+
+
+def map_images(path: Path, count: int, channels: int, size: int) -> torch.Tensor:
+    """The first `count` images of a raw uint8 file, memory-mapped (copy-on-write: the file never changes)."""
+    if count == 0:
+        return torch.zeros((0, channels, size, size), dtype=torch.uint8)
+    return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(count, channels, size, size)))
+
+
+def decode_files(
+    files: list[tuple[str, int]], channels: int, size: int, workers: int, target: Path
+) -> tuple[int, list[int], list[str]]:
+    """Decode files into the raw uint8 file `target`, one image after another: (images written, labels, skipped).
+
+    Only labels and skipped paths stay in memory; a full disk raises OSError from the write.
+    """
+    tasks = [(path, channels, size) for path, _ in files]
+    labels: list[int] = []
+    skipped: list[str] = []
+    with open(target, "wb") as handle:
+        for (path, label), item in zip(files, _decoded(tasks, workers)):
+            if isinstance(item, str):
+                skipped.append(path)
+            else:
+                handle.write(np.ascontiguousarray(item, dtype=np.uint8).tobytes())
+                labels.append(label)
+    return len(labels), labels, skipped
 
 
 def _cache_key(files: list[tuple[str, int]], channels: int, size: int) -> str:
-    digest = hashlib.sha256(f"v1 {channels} {size}\n".encode())
+    digest = hashlib.sha256(f"v2 {channels} {size}\n".encode())
     for path, label in files:
         try:
             stat = os.stat(path)
@@ -125,14 +145,14 @@ def _cache_key(files: list[tuple[str, int]], channels: int, size: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def _write_cache(folder: Path, split: FolderSplit) -> None:
-    """Write the arrays and the index into a temporary folder, then rename it into place."""
+def _decode_into_cache(folder: Path, files: list[tuple[str, int]], channels: int, size: int, workers: int) -> None:
+    """Decode into a temporary folder beside the cache entry, then rename it into place."""
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "images.npy", split.images.numpy(), allow_pickle=False)
-        np.save(tmp / "labels.npy", split.labels.numpy(), allow_pickle=False)
-        (tmp / "index.json").write_text(json.dumps({"skipped": split.skipped}))
+        count, labels, skipped = decode_files(files, channels, size, workers, tmp / "images.u8")
+        np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64), allow_pickle=False)
+        (tmp / "index.json").write_text(json.dumps({"count": count, "skipped": skipped}))
         tmp.rename(folder)
     finally:
         # Whatever failed (a full disk, or another process caching the same folder first),
@@ -140,33 +160,55 @@ def _write_cache(folder: Path, split: FolderSplit) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_cache(folder: Path) -> FolderSplit | None:
+def _read_cache(folder: Path, channels: int, size: int) -> FolderSplit | None:
     try:
-        images = np.load(folder / "images.npy", allow_pickle=False)
+        index = json.loads((folder / "index.json").read_text())
         labels = np.load(folder / "labels.npy", allow_pickle=False)
-        skipped = json.loads((folder / "index.json").read_text())["skipped"]
-    except (OSError, ValueError, KeyError):
+        count, skipped = int(index["count"]), list(index["skipped"])
+        if len(labels) != count or (folder / "images.u8").stat().st_size < count * channels * size * size:
+            return None  # damaged: decode again
+        images = map_images(folder / "images.u8", count, channels, size)
+    except (OSError, ValueError, KeyError, TypeError):
         return None  # absent or damaged: decode again
-    return FolderSplit(torch.from_numpy(images), torch.from_numpy(labels), (), skipped)
+    return FolderSplit(images, torch.from_numpy(labels), (), skipped)
+
+
+def _decode_uncached(files: list[tuple[str, int]], channels: int, size: int, workers: int) -> FolderSplit:
+    """Decode into an anonymous temporary file: still memory-mapped, gone when the run ends."""
+    try:
+        with tempfile.NamedTemporaryFile(prefix="vitlab-images-", suffix=".u8") as handle:
+            count, labels, skipped = decode_files(files, channels, size, workers, Path(handle.name))
+            images = map_images(Path(handle.name), count, channels, size)  # the mapping outlives the file's name
+    except OSError as exc:
+        raise DataError(
+            f"no room for the decoded images in {tempfile.gettempdir()} ({exc}); free some disk space"
+        ) from exc
+    return FolderSplit(images, torch.tensor(labels, dtype=torch.int64), (), skipped)
 
 
 def load_folder_split(
     files: list[tuple[str, int]], channels: int, size: int, use_cache: bool = True, workers: int | None = None
 ) -> FolderSplit:
-    """Decoded images of these files, from the cache when the folder has not changed."""
+    """Decoded images of these files (memory-mapped), from the cache when the folder has not changed."""
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if not use_cache:
+        return _decode_uncached(files, channels, size, workers)
     folder = cache_root() / "folders" / _cache_key(files, channels, size)
-    if use_cache:
-        cached = _read_cache(folder)
+    cached = _read_cache(folder, channels, size)
+    if cached is not None:
+        return cached
+    try:
+        _decode_into_cache(folder, files, channels, size, workers)
+    except OSError as exc:  # a full or read-only cache disk costs the cache, not the run
+        cached = _read_cache(folder, channels, size)  # unless another process cached the same folder first
         if cached is not None:
             return cached
-    split = decode_files(files, channels, size, workers)
-    if use_cache:
-        try:
-            _write_cache(folder, split)
-        except OSError as exc:  # a full or read-only disk costs the cache, not the run
-            print(f"vitlab: warning: could not cache decoded images in {folder.parent} ({exc})")
-    return split
+        print(f"vitlab: warning: could not cache decoded images in {folder.parent} ({exc}); decoding without a cache")
+        return _decode_uncached(files, channels, size, workers)
+    cached = _read_cache(folder, channels, size)
+    if cached is None:
+        raise DataError(f"the decoded-image cache {folder} could not be read back just after writing it")
+    return cached
 
 
 def stratified_split(files: list[tuple[str, int]], test_fraction: float, seed: int) -> tuple[list, list]:
