@@ -15,14 +15,4 @@ run F --recipe fashion-mnist $F model.embed_dim=96 --epochs 26
 run G --recipe fashion-mnist $F --model mnist-tiny --epochs 110
 run H --recipe fashion-mnist $F --epochs 40 model.drop_path=0.1
 wait
-python3 - <<'PY'
-import json, pathlib
-for run in sorted(pathlib.Path("/tmp/runs").iterdir()):
-    if run.is_dir():
-        rows = [json.loads(l) for l in open(run / "metrics.jsonl")] if (run / "metrics.jsonl").exists() else []
-        if not rows:
-            print(run.name, "no epochs", open(str(run) + ".log").read()[-500:]); continue
-        last = rows[-1]
-        curve = " ".join(f"{r['test_accuracy']*100:.2f}" for r in rows[:: max(1, len(rows)//8)])
-        print(f"{run.name}: epochs {last['epoch']} final {last['test_accuracy']*100:.2f} ema {100*(last.get('ema_test_accuracy') or 0):.2f} max {max(r['test_accuracy'] for r in rows)*100:.2f} | {curve} | {last['seconds']:.1f}s/ep")
-PY
+python3 benchmarks/recipe_search/summarize.py

@@ -18,14 +18,4 @@ run U $F model.stem=conv --epochs 38
 run V $F --epochs 38
 run W $F --model mnist-base model.stem=conv --epochs 17
 wait
-python3 - <<'PY'
-import json, pathlib
-for run in sorted(pathlib.Path("/tmp/runs").iterdir()):
-    if run.is_dir() and run.name != "warm":
-        rows = [json.loads(l) for l in open(run / "metrics.jsonl")] if (run / "metrics.jsonl").exists() else []
-        if not rows:
-            print(run.name, "no epochs", open(str(run) + ".log").read()[-500:]); continue
-        last = rows[-1]
-        curve = " ".join(f"{r['test_accuracy']*100:.1f}" for r in rows[:: max(1, len(rows)//8)])
-        print(f"{run.name}: epochs {last['epoch']} final {last['test_accuracy']*100:.2f} ema {100*(last.get('ema_test_accuracy') or 0):.2f} | {curve} | {last['seconds']:.1f}s/ep")
-PY
+python3 benchmarks/recipe_search/summarize.py
