@@ -2,7 +2,7 @@
 # Recipe sweep on the GPU: each variant trains the number of epochs the 2-core CPU fits in its budget.
 cd "$(dirname "$0")/../.."  # repo root; data copied beforehand into .gpudata/ (fashion-mnist/, cifar10-jpeg.tar.gz)
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-F=data.data_dir=.gpudata/fashion-mnist
+F="data.data_dir=.gpudata/fashion-mnist model.stem=patch"  # the recipe of the time had no conv stem
 C="train.threads=2 train.ema_decay=0.999 --quiet --no-report"
 run() { name=$1; shift; timeout ${LIMIT:-500} python3 -m vitlab train --out /tmp/runs/$name "$@" $C > /tmp/runs/$name.log 2>&1 & }
 mkdir -p /tmp/runs
