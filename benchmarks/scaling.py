@@ -9,7 +9,7 @@ AdamW). Each point runs in a fresh process, so its peak memory (VmHWM) is its ow
   - attention's share of the FLOPs, analytic: 2T^2 D of a block's 4TD^2 + 2T^2 D + 2TDM;
   - peak resident memory, and the part above the process's size before the first step.
 
-    python benchmarks/scaling.py [--device cpu|cuda]
+    python benchmarks/scaling.py [--device cpu|cuda] [--quick]
 """
 
 from __future__ import annotations
@@ -134,18 +134,22 @@ def table(rows: list[dict]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--quick", action="store_true", help="two small points of each kind, no results file: a smoke run"
+    )
     parser.add_argument("--point", default="", help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args()
     if args.point:
         img_size, batch = (int(x) for x in args.point.split(","))
         print(json.dumps(measure_point(img_size, batch, args.device)))
         return 0
+    sizes, batches = (IMAGE_SIZES[:2], BATCH_SIZES[:2]) if args.quick else (IMAGE_SIZES, BATCH_SIZES)
     by_tokens = []
-    for size in IMAGE_SIZES:
+    for size in sizes:
         by_tokens.append(run_point(size, TOKEN_BATCH, args.device))
         print(table(by_tokens)[-1], flush=True)
     by_batch = []
-    for batch in BATCH_SIZES:
+    for batch in batches:
         by_batch.append(run_point(BATCH_IMAGE, batch, args.device))
         print(table(by_batch)[-1], flush=True)
     crossing = next((r for r in by_tokens if r["attention_time_share"] >= 0.5), None)
@@ -171,6 +175,9 @@ def main() -> int:
         "",
         *table(by_batch),
     ]
+    if args.quick:
+        print("\n".join(report))
+        return 0
     RESULTS.mkdir(exist_ok=True)
     name = "scaling.md" if args.device == "cpu" else f"scaling_{args.device}.md"
     (RESULTS / name).write_text("\n".join(report) + "\n")
