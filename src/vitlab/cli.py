@@ -72,8 +72,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = trainer.config
     quiet = args.quiet or not world.is_main
     if not args.json and world.is_main:
+        model = cfg.model
+        shape = f"width {model.embed_dim}, depth {model.depth}"
+        if model.arch == "vit":  # the preset's name alone hides what a recipe or override changed
+            shape = f"patch {model.patch_size}{' after a conv stem' if model.stem == 'conv' else ''}, {shape}"
         print(
-            f"training {cfg.preset or 'custom'} {cfg.model.arch} on {cfg.data.dataset} "
+            f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {cfg.data.dataset} "
             f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for "
             f"{f'{cfg.train.time_budget:.0f} s' if cfg.train.time_budget else f'{cfg.train.epochs} epochs'}; "
             f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {trainer.threads} threads; run dir {run_dir}",
