@@ -127,6 +127,11 @@ CONTENDERS: dict[str, Callable[[ModelConfig], torch.nn.Module]] = {
 CUDA_ONLY_CONTENDERS = {"vitlab-compiled": vitlab_compiled}
 
 
+def device_contenders() -> dict[str, Callable[[ModelConfig], torch.nn.Module]]:
+    """The contenders that run on DEVICE: the compiled row only on CUDA."""
+    return CONTENDERS | (CUDA_ONLY_CONTENDERS if DEVICE.type == "cuda" else {})
+
+
 @dataclass
 class Measure:
     samples: list[float]
@@ -238,8 +243,7 @@ DTYPE = autocast_dtype("auto", DEVICE)
 
 def bench_config(name: str, rounds: int, steps: int) -> dict:
     config, batch = CONFIGS[name]
-    contenders = CONTENDERS | (CUDA_ONLY_CONTENDERS if DEVICE.type == "cuda" else {})
-    models = {c: make(config) for c, make in contenders.items()}
+    models = {c: make(config) for c, make in device_contenders().items()}
     result: dict = {
         "config": name,
         "batch": batch,
@@ -313,7 +317,7 @@ def main() -> int:
         if not args.no_memory:
             for c in res["contenders"]:
                 if DEVICE.type == "cuda":
-                    model = {**CONTENDERS, **CUDA_ONLY_CONTENDERS}[c](CONFIGS[name][0])
+                    model = device_contenders()[c](CONFIGS[name][0])
                     res["contenders"][c]["peak_memory_mb"] = cuda_peak_memory_mb(model, *CONFIGS[name], steps=3)
                     del model
                 else:

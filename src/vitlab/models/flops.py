@@ -45,13 +45,13 @@ def stem_macs(config: ModelConfig) -> int:
     """Multiply-accumulates of the convolutional stem (models.vit.ConvStem) for one image."""
     from vitlab.models.vit import ConvStem
 
+    widths = ConvStem.widths(config)
     side = config.grid_size * config.patch_size
     macs = 0
-    convs = [m for m in ConvStem(config).modules() if isinstance(m, torch.nn.Conv2d)]
-    for conv in convs[:-1]:
+    for c_in, c_out in zip(widths, widths[1:]):
         side //= 2
-        macs += side * side * 9 * conv.in_channels * conv.out_channels
-    return macs + config.num_patches * convs[-1].in_channels * config.embed_dim
+        macs += side * side * 9 * c_in * c_out
+    return macs + config.num_patches * widths[-1] * config.embed_dim
 
 
 def forward_flops(config: ModelConfig) -> int:

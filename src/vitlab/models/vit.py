@@ -87,11 +87,16 @@ class ConvStem(nn.Module):
     fields give the encoder local features the single projection cannot.
     """
 
+    @staticmethod
+    def widths(config: ModelConfig) -> list[int]:
+        """Channels from the image through each stride-2 convolution: doubling up to the width, at least 8."""
+        halvings = config.patch_size.bit_length() - 1
+        return [config.in_channels] + [max(config.embed_dim >> (halvings - 1 - i), 8) for i in range(halvings)]
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.patch_size = config.patch_size
-        halvings = config.patch_size.bit_length() - 1
-        widths = [config.in_channels] + [max(config.embed_dim >> (halvings - 1 - i), 8) for i in range(halvings)]
+        widths = self.widths(config)
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:]):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
