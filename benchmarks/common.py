@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 import tarfile
 from pathlib import Path
 
 import torch
+
+from vitlab.cores import available_cores
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -28,8 +29,7 @@ def cpu_model() -> str:
 
 def machine_line() -> str:
     """One line naming CPU, cores, Python and torch, for a results file."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu_model()}, {cores} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{cpu_model()}, {available_cores()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def today() -> str:

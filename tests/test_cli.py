@@ -141,8 +141,14 @@ def test_ctrl_c_during_training_keeps_finished_epochs_and_resume_completes(tmp_p
 
     run_dir = tmp_path / "run"
     args = ["train", "--model", "mnist-tiny", "--epochs", 30, "--out", run_dir, "--quiet", *QUICK]
+    # A shell starts background jobs with Ctrl-C ignored, and Python then keeps ignoring it: when pytest
+    # itself runs in the background, the child would never see the SIGINT. Give it the default back.
     process = subprocess.Popen(
-        [sys.executable, "-m", "vitlab", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "vitlab", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (run_dir / "checkpoints" / "resume.safetensors").exists() and time.monotonic() < deadline:
@@ -252,3 +258,18 @@ def test_finetune_command_from_a_trained_run(trained_run, tmp_path):
     assert summary["epochs"] == 1
     config = (out / "config.yaml").read_text()
     assert "init_from:" in config and "img_size: 35" in config and "freeze_until: 1" in config
+
+
+def test_nproc_launches_two_processes_through_torchrun(tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = vitlab("train", "--nproc", 2, "--epochs", 1, "--out", run_dir, "--json", "--no-report", *QUICK)
+    assert json.loads(result.stdout.splitlines()[-1])["epochs"] == 1  # rank 0's summary; the other rank is silent
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert "OMP_NUM_THREADS" not in result.stderr  # torchrun's banner about threads, set by us instead
+
+
+def test_nproc_checks_its_arguments_before_starting_processes(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    _assert_clean_error(vitlab("train", "--nproc", 2, "--out", run_dir, check=False), "already holds a run")
+    _assert_clean_error(vitlab("train", "--nproc", 2, "model.depth=zero", check=False), "model.depth")
+    _assert_clean_error(vitlab("train", "--nproc", 2, "--resume", tmp_path, check=False), "not a run directory")

@@ -7,9 +7,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from vitlab.errors import VitlabError
+from vitlab.errors import ConfigError, VitlabError
+
+if TYPE_CHECKING:  # the config module is imported only by the commands that need it
+    from vitlab.config import RunConfig
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -17,13 +20,45 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 
 # ----- train -------------------------------------------------------------------------------------
-def cmd_train(args: argparse.Namespace) -> int:
+def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    """The resolved config of a new `train`/`finetune` run and a label for its default folder name."""
     from vitlab.config import parse_duration
+    from vitlab.recipes import recipe_path, resolve_run_config
+
+    overrides = args.overrides + ([f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else [])
+    if args.command == "finetune":
+        from vitlab.recipes import resolve_finetune_config
+
+        config = resolve_finetune_config(
+            source=args.source,
+            dataset=args.dataset,
+            img_size=args.img_size,
+            freeze_until=args.freeze_until,
+            layer_decay=args.layer_decay,
+            epochs=args.epochs,
+            seed=args.seed,
+            overrides=overrides,
+        )
+        label = f"finetune-{Path(args.dataset).name}"
+    else:
+        if args.recipe and args.config:
+            raise ConfigError("give --recipe or --config, not both (a recipe is a shipped config file)")
+        config = resolve_run_config(
+            preset=args.model,
+            config_file=str(recipe_path(args.recipe)) if args.recipe else args.config,
+            dataset=args.dataset,
+            epochs=args.epochs,
+            seed=args.seed,
+            overrides=overrides,
+        )
+        label = Path(config.data.dataset).name
+    return config, label
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.engine.distributed import barrier, init_process_group, shutdown, world_from_environment
     from vitlab.engine.runtime import resolve_device
     from vitlab.engine.train import EpochStats, Trainer, prepare_run_dir, trainer_for_resume
-    from vitlab.errors import ConfigError
-    from vitlab.recipes import recipe_path, resolve_run_config
     from vitlab.report.progress import TrainingProgress
     from vitlab.report.tensorboard import TensorBoardLogger
 
@@ -34,35 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         trainer = trainer_for_resume(run_dir, epochs=args.epochs)
     else:
-        overrides = args.overrides + (
-            [f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []
-        )
-        if args.command == "finetune":
-            from vitlab.recipes import resolve_finetune_config
-
-            config = resolve_finetune_config(
-                source=args.source,
-                dataset=args.dataset,
-                img_size=args.img_size,
-                freeze_until=args.freeze_until,
-                layer_decay=args.layer_decay,
-                epochs=args.epochs,
-                seed=args.seed,
-                overrides=overrides,
-            )
-            label = f"finetune-{Path(args.dataset).name}"
-        else:
-            if args.recipe and args.config:
-                raise ConfigError("give --recipe or --config, not both (a recipe is a shipped config file)")
-            config = resolve_run_config(
-                preset=args.model,
-                config_file=str(recipe_path(args.recipe)) if args.recipe else args.config,
-                dataset=args.dataset,
-                epochs=args.epochs,
-                seed=args.seed,
-                overrides=overrides,
-            )
-            label = Path(config.data.dataset).name
+        config, label = _new_run_config(args)
         run_dir = Path(args.out) if args.out else Path("runs") / time.strftime(f"{label}-%Y%m%d-%H%M%S")
         init_process_group(world, resolve_device(config.train.device).type)
         if world.is_main:  # one process creates the run directory; the others wait for it
@@ -134,8 +141,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def launch_processes(args: argparse.Namespace) -> int:
     """Re-run this command under torchrun with --nproc processes (gloo on CPU, nccl on GPU)."""
+    import os
     import subprocess
 
+    from vitlab.cores import available_cores
+    from vitlab.engine.train import check_new_run_dir, saved_config_path
+
+    # What can be checked here is checked here: an error inside the processes would reach the user
+    # wrapped in torchrun's own report of a failed worker.
+    if args.resume:
+        saved_config_path(Path(args.resume))
+    else:
+        _new_run_config(args)
+        if args.out:
+            check_new_run_dir(Path(args.out))
     argv = list(sys.argv[1:])
     for flag in ("--nproc",):  # drop "--nproc N" / "--nproc=N": the children are the processes
         while flag in argv:
@@ -145,7 +164,9 @@ def launch_processes(args: argparse.Namespace) -> int:
     if not args.out and not args.resume:  # every process must write to the same run directory
         argv += ["--out", str(Path("runs") / time.strftime(f"{Path(args.dataset or 'mnist').name}-%Y%m%d-%H%M%S"))]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-    return subprocess.run([*command, "-m", "vitlab", *argv]).returncode
+    # Setting the thread count ourselves also keeps torchrun from printing its banner about it.
+    env = {"OMP_NUM_THREADS": str(max(1, available_cores() // args.nproc)), **os.environ}
+    return subprocess.run([*command, "-m", "vitlab", *argv], env=env).returncode
 
 
 # ----- eval --------------------------------------------------------------------------------------
@@ -155,7 +176,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.engine.checkpoint import load_checkpoint
     from vitlab.engine.evaluate import evaluate
     from vitlab.engine.runtime import autocast_dtype, configure_threads, resolve_device
-    from vitlab.errors import ConfigError
 
     model, metadata = load_checkpoint(args.checkpoint)
     name = args.dataset or metadata.get("dataset", "mnist")
@@ -299,76 +319,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    import torch
-
-    from vitlab.data.images import load_image
-    from vitlab.data.tensors import to_model_input
     from vitlab.engine.checkpoint import load_checkpoint
-    from vitlab.errors import ConfigError
-    from vitlab.explain.attention import head_maps, layer_maps, rollout_map, to_image_grid
-    from vitlab.report import plots
+    from vitlab.report.attention_maps import write_attention_maps
 
     model, metadata = load_checkpoint(args.checkpoint)
-    config = model.config
-    if config.arch != "vit":
-        raise ConfigError(f"{args.checkpoint} is a {config.arch}, which has no attention to draw")
-    layer = args.layer if args.layer >= 0 else config.depth + args.layer
-    if not 0 <= layer < config.depth:
-        raise ConfigError(f"--layer {args.layer} is out of range for a model of depth {config.depth}")
-    images = torch.stack([load_image(path, config.in_channels, config.img_size) for path in args.images])
-    if args.invert:
-        images = 255 - images
-    with torch.no_grad():
-        intermediates = model(
-            to_model_input(images, metadata["mean"], metadata["std"], config.img_size, config.in_channels),
-            return_intermediates=True,
-        )
-    per_layer = to_image_grid(layer_maps(model, intermediates), model)
-    heads = to_image_grid(head_maps(model, intermediates, layer), model)
-    rolled = to_image_grid(rollout_map(model, intermediates), model)
-    names = metadata.get("class_names") or [str(i) for i in range(config.num_classes)]
-    predicted = intermediates["logits"].argmax(dim=1).tolist()
-    out = Path(args.out)
-    written = []
-    for index, path in enumerate(args.images):
-        stem = f"{index:02d}_{Path(path).stem}"
-        label = f"{Path(path).name}: predicted {names[predicted[index]]}"
-        written.append(
-            plots.plot_image_grid(images[index : index + 1], [label], out / f"{stem}_input.png", "Input", columns=1)
-        )
-        titles = [f"layer {i}" for i in range(config.depth)]
-        written.append(
-            plots.plot_attention_overlays(
-                images[index],
-                per_layer[:, index],
-                titles,
-                out / f"{stem}_layers.png",
-                f"{label}: attention per layer (heads averaged)",
-            )
-        )
-        head_titles = [f"head {h}" for h in range(config.num_heads)]
-        written.append(
-            plots.plot_attention_overlays(
-                images[index],
-                heads[index],
-                head_titles,
-                out / f"{stem}_heads_layer{layer}.png",
-                f"{label}: every head of layer {layer}",
-            )
-        )
-        written.append(
-            plots.plot_attention_overlays(
-                images[index],
-                rolled[index : index + 1],
-                ["rollout"],
-                out / f"{stem}_rollout.png",
-                f"{label}: attention rollout",
-            )
-        )
+    figures = write_attention_maps(model, metadata, args.images, Path(args.out), args.layer, args.invert)
     if args.json:
-        _print_json({"files": [str(p) for p in written], "predicted": [names[i] for i in predicted]})
+        _print_json({"files": [str(p) for p in figures.files], "predicted": figures.predicted})
     else:
-        print(f"wrote {len(written)} PNG files to {out}")
+        print(f"wrote {len(figures.files)} PNG files to {args.out}")
     return 0
 
 
@@ -376,7 +335,6 @@ def cmd_attention(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from vitlab.config import parse_duration
     from vitlab.engine.compare import run_contender
-    from vitlab.errors import ConfigError
     from vitlab.recipes import resolve_run_config
     from vitlab.report.compare import write_comparison
     from vitlab.report.run_report import build_report

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vitlab.cores import available_cores
 from vitlab.data.images import load_image
 from vitlab.errors import DataError, ImageError
 
@@ -190,7 +191,7 @@ def load_folder_split(
     files: list[tuple[str, int]], channels: int, size: int, use_cache: bool = True, workers: int | None = None
 ) -> FolderSplit:
     """Decoded images of these files (memory-mapped), from the cache when the folder has not changed."""
-    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = workers or available_cores()
     if not use_cache:
         return _decode_uncached(files, channels, size, workers)
     folder = cache_root() / "folders" / _cache_key(files, channels, size)

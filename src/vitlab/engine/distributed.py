@@ -57,6 +57,25 @@ def shard(indices: torch.Tensor, world: World) -> torch.Tensor:
     return indices[world.rank :: world.size] if world.distributed else indices
 
 
+def shard_range(count: int, world: World) -> slice:
+    """This rank's contiguous part of `count` rows (for evaluation; parts differ in size by at most one)."""
+    return slice(world.rank * count // world.size, (world.rank + 1) * count // world.size)
+
+
+def gather_rows(local: torch.Tensor, count: int, world: World) -> torch.Tensor:
+    """Every rank's `shard_range` rows joined in order, on every rank (`local` on the group's device)."""
+    if not world.distributed:
+        return local
+    # all_gather wants equal shapes: pad each part to the largest, then trim.
+    parts_of = [shard_range(count, World(rank, world.size)) for rank in range(world.size)]
+    sizes = [part.stop - part.start for part in parts_of]
+    padded = local.new_zeros((max(sizes), *local.shape[1:]))
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
 def check_global_batch(batch_size: int, world: World) -> None:
     """A global batch must split evenly over the processes."""
     if world.distributed and batch_size % world.size:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
 
+from vitlab.cores import available_cores
 from vitlab.errors import ConfigError
 
 
@@ -51,8 +51,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def configure_threads(threads: int = 0, share_with: int = 1) -> int:
     """Use `threads` intra-op threads (0: this process's share of its cores among `share_with` processes)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    count = threads or max(1, available // share_with)
+    count = threads or max(1, available_cores() // share_with)
     torch.set_num_threads(count)
     return count
 
