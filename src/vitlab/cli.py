@@ -55,6 +55,11 @@ def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
     return config, label
 
 
+def _default_run_dir(label: str) -> Path:
+    """runs/LABEL-YYYYmmdd-HHMMSS, for a new run given no --out."""
+    return Path("runs") / time.strftime(f"{label}-%Y%m%d-%H%M%S")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.engine.distributed import barrier, init_process_group, shutdown, world_from_environment
     from vitlab.engine.runtime import resolve_device
@@ -70,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = trainer_for_resume(run_dir, epochs=args.epochs)
     else:
         config, label = _new_run_config(args)
-        run_dir = Path(args.out) if args.out else Path("runs") / time.strftime(f"{label}-%Y%m%d-%H%M%S")
+        run_dir = Path(args.out) if args.out else _default_run_dir(label)
         init_process_group(world, resolve_device(config.train.device).type)
         if world.is_main:  # one process creates the run directory; the others wait for it
             prepare_run_dir(config, run_dir)
@@ -149,10 +154,11 @@ def launch_processes(args: argparse.Namespace) -> int:
 
     # What can be checked here is checked here: an error inside the processes would reach the user
     # wrapped in torchrun's own report of a failed worker.
+    label = ""
     if args.resume:
         saved_config_path(Path(args.resume))
     else:
-        _new_run_config(args)
+        _, label = _new_run_config(args)
         if args.out:
             check_new_run_dir(Path(args.out))
     argv = list(sys.argv[1:])
@@ -162,7 +168,7 @@ def launch_processes(args: argparse.Namespace) -> int:
             del argv[index : index + 2]
         argv = [a for a in argv if not a.startswith(flag + "=")]
     if not args.out and not args.resume:  # every process must write to the same run directory
-        argv += ["--out", str(Path("runs") / time.strftime(f"{Path(args.dataset or 'mnist').name}-%Y%m%d-%H%M%S"))]
+        argv += ["--out", str(_default_run_dir(label))]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     # Setting the thread count ourselves also keeps torchrun from printing its banner about it.
     env = {"OMP_NUM_THREADS": str(max(1, available_cores() // args.nproc)), **os.environ}
