@@ -58,6 +58,39 @@ def test_attention_weights_are_a_softmax_over_keys():
     torch.testing.assert_close(out, weights @ v)
 
 
+def _bf16_attention_with_fp32_softmax(q, k, v):
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v
+
+
+def test_explicit_attention_in_bf16_is_as_exact_as_an_fp32_softmax():
+    # The bf16 path keeps the softmax in bf16 (the kernel computes in fp32 and rounds the weights
+    # once, as the product with V needs them rounded anyway): its error against fp32, forward and
+    # backward, must be no larger than that of a softmax done in fp32 and cast.
+    torch.manual_seed(0)
+    inputs32 = [(torch.randn(4, 3, 20, 16) * 2).requires_grad_() for _ in range(3)]
+    inputs16 = [t.detach().bfloat16().requires_grad_() for t in inputs32]
+    inputs_fp32_softmax = [t.detach().bfloat16().requires_grad_() for t in inputs32]
+    upstream = torch.randn(4, 3, 20, 16)
+    out32, _ = attend(*inputs32, use_fused_kernel=False)
+    out16, _ = attend(*inputs16, use_fused_kernel=False)
+    out_fp32_softmax = _bf16_attention_with_fp32_softmax(*inputs_fp32_softmax)
+    assert out16.dtype == torch.bfloat16
+    for out, upstream_grad in (
+        (out32, upstream),
+        (out16, upstream.bfloat16()),
+        (out_fp32_softmax, upstream.bfloat16()),
+    ):
+        out.backward(upstream_grad)
+
+    def error(low: torch.Tensor, full: torch.Tensor) -> float:
+        return float((low.detach().float() - full.detach()).abs().max() / full.detach().abs().max())
+
+    assert error(out16, out32) <= 1.5 * error(out_fp32_softmax, out32) + 1e-3
+    for low, alternative, full in zip(inputs16, inputs_fp32_softmax, inputs32):
+        assert error(low.grad, full.grad) <= 1.5 * error(alternative.grad, full.grad) + 1e-3
+
+
 @pytest.mark.parametrize("pool,posenc", list(itertools.product(POOL_CHOICES, POSENC_CHOICES)))
 def test_every_pooling_and_position_encoding_gives_logits_of_the_right_shape(pool, posenc):
     model = ViT(tiny_config(pool=pool, posenc=posenc)).eval()

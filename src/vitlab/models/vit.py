@@ -36,11 +36,12 @@ def attend(
     if use_fused_kernel and not need_weights:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    # Softmax in fp32 even under bf16 autocast: more exact, and on CPU several times faster.
-    low_precision = scores.dtype in (torch.bfloat16, torch.float16)
-    weights = scores.softmax(dim=-1, dtype=torch.float32) if low_precision else scores.softmax(dim=-1)
+    # Softmax in the scores' own dtype: the bf16 kernel computes in fp32 inside and rounds once, as
+    # the weights must be rounded for the product with V anyway; an fp32 copy of the (tokens x tokens)
+    # weights and its casts made attention 2x slower on CPU (benchmarks/results/speed.md).
+    weights = scores.softmax(dim=-1)
     mixed = F.dropout(weights, dropout_p) if dropout_p else weights
-    return mixed.to(v.dtype) @ v, (weights if need_weights else None)
+    return mixed @ v, (weights if need_weights else None)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
