@@ -273,3 +273,14 @@ def test_nproc_checks_its_arguments_before_starting_processes(trained_run, tmp_p
     _assert_clean_error(vitlab("train", "--nproc", 2, "--out", run_dir, check=False), "already holds a run")
     _assert_clean_error(vitlab("train", "--nproc", 2, "model.depth=zero", check=False), "model.depth")
     _assert_clean_error(vitlab("train", "--nproc", 2, "--resume", tmp_path, check=False), "not a run directory")
+
+
+def test_an_error_inside_the_nproc_workers_is_printed_once_without_torchruns_report(tmp_path, monkeypatch):
+    # Found only once the processes open the data: every worker meets it, the launcher prints it once.
+    for name in ("cat", "dog"):
+        (tmp_path / "junk" / name).mkdir(parents=True)
+        for index in range(5):
+            (tmp_path / "junk" / name / f"{index}.png").write_text("not a picture")
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    result = vitlab("train", "--dataset", tmp_path / "junk", "--nproc", 2, "--out", tmp_path / "run", check=False)
+    _assert_clean_error(result, "could be read")

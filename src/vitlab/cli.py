@@ -144,16 +144,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# Workers started by --nproc write their one-line error here instead of printing it, so that the
+# launcher prints it once (not once per process) and without torchrun's report of a failed worker.
+WORKER_ERRORS_VARIABLE = "VITLAB_WORKER_ERRORS"
+
+
 def launch_processes(args: argparse.Namespace) -> int:
     """Re-run this command under torchrun with --nproc processes (gloo on CPU, nccl on GPU)."""
+    import logging
     import os
-    import subprocess
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
 
     from vitlab.cores import available_cores
     from vitlab.engine.train import check_new_run_dir, saved_config_path
 
-    # What can be checked here is checked here: an error inside the processes would reach the user
-    # wrapped in torchrun's own report of a failed worker.
+    # What can be checked before the processes start is checked here, once.
     label = ""
     if args.resume:
         saved_config_path(Path(args.resume))
@@ -169,10 +179,39 @@ def launch_processes(args: argparse.Namespace) -> int:
         argv = [a for a in argv if not a.startswith(flag + "=")]
     if not args.out and not args.resume:  # every process must write to the same run directory
         argv += ["--out", str(_default_run_dir(label))]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     # Setting the thread count ourselves also keeps torchrun from printing its banner about it.
-    env = {"OMP_NUM_THREADS": str(max(1, available_cores() // args.nproc)), **os.environ}
-    return subprocess.run([*command, "-m", "vitlab", *argv], env=env).returncode
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // args.nproc)))
+    # This process is torchrun's agent; its log repeats, as a traceback, what the workers print.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "vitlab", *argv])
+    with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
+        os.environ[WORKER_ERRORS_VARIABLE] = errors
+        try:
+            torchrun(launch)
+        except SignalException:
+            print("vitlab: interrupted", file=sys.stderr)
+            return 130
+        except ChildFailedError as failure:
+            messages = sorted({path.read_text() for path in Path(errors).glob("rank*.txt")})
+            if messages:
+                raise VitlabError("; ".join(messages)) from None
+            codes = sorted({info.exitcode for info in failure.failures.values()})
+            raise VitlabError(f"a training process failed (exit code {codes[0]}); its output is above") from None
+    return 0
+
+
+def _report_error(message: str) -> None:
+    """A user error: one line on stderr, or, in a worker of --nproc, a file for the launcher to print."""
+    import os
+
+    errors = os.environ.get(WORKER_ERRORS_VARIABLE)
+    if errors and "RANK" in os.environ:
+        try:
+            (Path(errors) / f"rank{os.environ['RANK']}.txt").write_text(message)
+            return
+        except OSError:
+            pass  # the launcher is gone: say it here
+    print(f"vitlab: error: {message}", file=sys.stderr)
 
 
 # ----- eval --------------------------------------------------------------------------------------
@@ -501,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except VitlabError as exc:
-        print(f"vitlab: error: {exc}", file=sys.stderr)
+        _report_error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("vitlab: interrupted", file=sys.stderr)

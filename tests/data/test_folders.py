@@ -82,6 +82,16 @@ def test_folder_errors_name_the_problem(tmp_path):
         open_dataset(DataConfig(dataset=str(tmp_path / "absent/")), 3, 16)
 
 
+def test_a_split_with_no_readable_image_is_an_error_that_says_so(tmp_path):
+    root = tmp_path / "junk"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for index in range(5):
+            (root / name / f"{index}.png").write_text("not a picture")
+    with pytest.raises(DataError, match=r"no train image in .* could be read: 8 unreadable file\(s\)"):
+        open_dataset(DataConfig(dataset=str(root)), 3, 16)
+
+
 def test_symlink_loop_does_not_hang(tmp_path):
     root = make_folder(tmp_path / "data", per_class=3)
     os.symlink(root / "cat", root / "cat" / "loop")

@@ -58,6 +58,27 @@ def train_two_ranks(run_dir: Path) -> None:
         assert proc.returncode == 0, err
 
 
+def _run_two_rank_order_workers(folder: Path, mode: str) -> None:
+    worker = Path(__file__).with_name("rank_order_worker.py")
+    port = free_port()
+    procs = [
+        subprocess.Popen([sys.executable, str(worker), str(rank), str(port), str(folder), mode], stderr=subprocess.PIPE)
+        for rank in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)  # an error in rank 0 must not leave rank 1 waiting
+        assert proc.returncode == 0, err
+
+
+def test_local_rank_zero_fills_the_cache_before_the_other_ranks_read_it(tmp_path):
+    _run_two_rank_order_workers(tmp_path, "ok")
+    assert (tmp_path / "rank1_saw").read_text() == "True"
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    _run_two_rank_order_workers(failing, "fail")
+    assert (failing / "rank1_saw").read_text() == "False"  # went on, to meet the error itself
+
+
 def test_evaluation_shards_cover_the_test_set_once_in_order():
     parts = [range(11)[shard_range(11, World(rank, 3, rank))] for rank in range(3)]
     assert [list(part) for part in parts] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10]]

@@ -17,6 +17,7 @@ from vitlab.data.folders import (
     split_roots,
 )
 from vitlab.data.sources import ImageDataset, dataset_info, load_split
+from vitlab.errors import DataError
 
 
 @dataclass
@@ -70,6 +71,8 @@ def open_dataset(
             if split not in splits:
                 continue
             part = load_folder_split(files, channels, size)
+            if files and len(part.labels) == 0:
+                raise DataError(f"no {split} image in {data.dataset} could be read: {describe_skipped(part.skipped)}")
             if part.skipped:
                 notes.append(f"{split}: {describe_skipped(part.skipped)}")
             loaded[split] = ImageDataset(part.images, part.labels, class_names)

@@ -8,6 +8,8 @@ global batch size, and a run can resume with a different number of processes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +52,20 @@ def init_process_group(world: World, device_type: str) -> None:
     if device_type == "cuda":
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+
+
+@contextmanager
+def local_rank_zero_first(world: World) -> Iterator[None]:
+    """Let local rank 0 run the block before the other ranks do: it downloads or decodes the data
+    into the cache that they then only read, instead of every process doing the same work at once.
+    """
+    if world.local_rank != 0:
+        barrier(world)
+    try:
+        yield
+    finally:  # on an error too: the others then meet it themselves instead of waiting forever
+        if world.local_rank == 0:
+            barrier(world)
 
 
 def shard(indices: torch.Tensor, world: World) -> torch.Tensor:

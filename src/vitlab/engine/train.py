@@ -29,6 +29,7 @@ from vitlab.engine.distributed import (
     check_global_batch,
     gather_rows,
     init_process_group,
+    local_rank_zero_first,
     shard,
     shard_range,
     sum_across,
@@ -107,7 +108,8 @@ class Trainer:
         check_global_batch(config.train.batch_size, self.world)
         self.dtype = autocast_dtype(config.train.precision, self.device)
         self.threads = configure_threads(config.train.threads, share_with=self.world.size)
-        data = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed)
+        with local_rank_zero_first(self.world):
+            data = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed)
         self.mean, self.std = data.mean, data.std
         self.train_set: ImageDataset = data.train
         self.test_set: ImageDataset = data.test
