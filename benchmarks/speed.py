@@ -24,13 +24,16 @@ is the CUDA allocator's high-water mark, and results go to speed_cuda.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +43,7 @@ from vitlab.config import ModelConfig
 from vitlab.data.augment import random_affine
 from vitlab.data.tensors import to_model_input
 from vitlab.engine.runtime import autocast_dtype
+from vitlab.export import OnnxClassifier, export_onnx
 from vitlab.models.flops import forward_flops, training_flops
 from vitlab.models.registry import DEFAULT_PRESET, model_config
 from vitlab.models.vit import ViT
@@ -130,6 +134,37 @@ CUDA_ONLY_CONTENDERS = {"vitlab-compiled": vitlab_compiled}
 def device_contenders() -> dict[str, Callable[[ModelConfig], torch.nn.Module]]:
     """The contenders that run on DEVICE: the compiled row only on CUDA."""
     return CONTENDERS | (CUDA_ONLY_CONTENDERS if DEVICE.type == "cuda" else {})
+
+
+def exported_onnx(model: torch.nn.Module, folder: Path) -> OnnxClassifier:
+    """The model through `vitlab export --format onnx`'s code and `vitlab predict model.onnx`'s runner
+    (onnxruntime, fp32, its default of one thread per core): inference only."""
+    path = folder / "model.onnx"
+    export_onnx(copy.deepcopy(model), {}, path, dynamic_batch=True)
+    return OnnxClassifier(path)
+
+
+def throughput(logits: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> float:
+    """Images/s of batched inference (after one warm-up call)."""
+    logits(images)
+    return len(images) / timed(lambda: logits(images), 3)
+
+
+def latencies(logits: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> list[float]:
+    """Seconds of 50 single calls on one image (after one warm-up call)."""
+    logits(image)
+    return [timed(lambda: logits(image), 1) for _ in range(50)]
+
+
+def inference_summary(figures: dict) -> dict:
+    latencies = sorted(figures["latency"])
+    return {
+        "infer_throughput": Measure(figures["batch256"]).summary(),
+        "latency_ms": {
+            "median": 1000 * statistics.median(latencies),
+            "p99": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        },
+    }
 
 
 @dataclass
@@ -269,34 +304,38 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             print(f"{name}: {c} left out: {reason}", flush=True)
             result.setdefault("left_out", {})[c] = reason
             del models[c], fns[c]
+    # On CPU, vitlab's ONNX export run by onnxruntime joins the inference rounds (it cannot train).
+    exported = None
+    if DEVICE.type == "cpu" and "vitlab" in models:
+        folder = Path(tempfile.mkdtemp(prefix="vitlab-speed-"))
+        exported = exported_onnx(models["vitlab"], folder)
+        infer["vitlab-onnx"] = {"batch256": [], "latency": []}
+    cuda = DEVICE.type == "cuda"
     for _ in range(rounds):  # interleave contenders in every round
+        big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
         for c, m in models.items():
             for kind, fn in fns[c].items():
                 train[c][kind].append(batch / timed(fn, steps))
             m.eval()
-            big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
-            one = big[:1].clone()
-            with torch.inference_mode(), torch.autocast(DEVICE.type, dtype=DTYPE, enabled=DTYPE is not None):
-                m.logits(big)
-                infer[c]["batch256"].append(len(big) / timed(lambda m=m, big=big: m.logits(big), 3))
-            # Batch-1 latency in fp32 on CPU (bf16 kernels are slower on such tiny shapes there), bf16 on CUDA.
-            cuda = DEVICE.type == "cuda"
-            with torch.inference_mode(), torch.autocast(DEVICE.type, dtype=DTYPE, enabled=cuda and DTYPE is not None):
-                m.logits(one)
-                latencies = []
-                for _ in range(50):
-                    latencies.append(timed(lambda m=m, one=one: m.logits(one), 1))
-                infer[c]["latency"].extend(latencies)
+            with torch.inference_mode():
+                with torch.autocast(DEVICE.type, dtype=DTYPE, enabled=DTYPE is not None):
+                    infer[c]["batch256"].append(throughput(m.logits, big))
+                # Batch-1 latency in fp32 on CPU (bf16 kernels are slower on such tiny shapes there), bf16 on CUDA.
+                with torch.autocast(DEVICE.type, dtype=DTYPE, enabled=cuda and DTYPE is not None):
+                    infer[c]["latency"].extend(latencies(m.logits, big[:1]))
             m.train()
+        if exported is not None:
+            infer["vitlab-onnx"]["batch256"].append(throughput(exported.logits, big))
+            infer["vitlab-onnx"]["latency"].extend(latencies(exported.logits, big[:1]))
     for c in models:
-        lat = sorted(infer[c]["latency"])
         result["contenders"][c] = {
             "train_model_only": Measure(train[c]["model only"]).summary(),
             "train_with_data": Measure(train[c]["with data"]).summary(),
-            "infer_throughput": Measure(infer[c]["batch256"]).summary(),
-            "latency_ms": {"median": 1000 * statistics.median(lat), "p99": 1000 * lat[int(0.99 * (len(lat) - 1))]},
+            **inference_summary(infer[c]),
             "train_flops_per_s": training_flops(config) * Measure(train[c]["model only"]).median,
         }
+    if exported is not None:
+        result["exported"] = {"vitlab-onnx": inference_summary(infer["vitlab-onnx"])}
     return result
 
 
@@ -360,6 +399,25 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
                 f"| {res['config']} (batch {res['batch']}) | {c} | {tm['median']:,.0f} ±{tm['spread']:.0%} | {td['median']:,.0f} ±{td['spread']:.0%} "
                 f"| {data_cost:.0%} | {tm['median'] / hf_best:.2f}x | {mfu:.0%} | {v['infer_throughput']['median']:,.0f} ({res['infer_batch']}) "
                 f"| {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} | {v.get('peak_memory_mb', float('nan')):,.0f} |"
+            )
+    exported_rows = [(res, runner, figures) for res in results for runner, figures in res.get("exported", {}).items()]
+    if exported_rows:
+        lines += [
+            "",
+            "Inference through the exported graph: `vitlab export --format onnx` run by onnxruntime (fp32,",
+            "what `vitlab predict model.onnx` uses), measured in the same rounds as the rows above.",
+            "",
+            "| config | runner | infer img/s (batch) | latency b=1 median / p99 (ms) | vs vitlab eager: throughput, latency |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for res, runner, v in exported_rows:
+            eager = res["contenders"]["vitlab"]
+            speedup = v["infer_throughput"]["median"] / eager["infer_throughput"]["median"]
+            lower = eager["latency_ms"]["median"] / v["latency_ms"]["median"]
+            lines.append(
+                f"| {res['config']} | {runner} | {v['infer_throughput']['median']:,.0f} ±{v['infer_throughput']['spread']:.0%} "
+                f"({res['infer_batch']}) | {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} "
+                f"| {speedup:.2f}x, {lower:.2f}x faster |"
             )
     for res in results:
         for c, reason in res.get("left_out", {}).items():
