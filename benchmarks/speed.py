@@ -136,12 +136,13 @@ def device_contenders() -> dict[str, Callable[[ModelConfig], torch.nn.Module]]:
     return CONTENDERS | (CUDA_ONLY_CONTENDERS if DEVICE.type == "cuda" else {})
 
 
-def exported_onnx(model: torch.nn.Module, folder: Path) -> OnnxClassifier:
+def exported_onnx(model: torch.nn.Module) -> OnnxClassifier:
     """The model through `vitlab export --format onnx`'s code and `vitlab predict model.onnx`'s runner
     (onnxruntime, fp32, its default of one thread per core): inference only."""
-    path = folder / "model.onnx"
-    export_onnx(copy.deepcopy(model), {}, path, dynamic_batch=True)
-    return OnnxClassifier(path)
+    with tempfile.TemporaryDirectory(prefix="vitlab-speed-") as folder:  # the session keeps the graph
+        path = Path(folder) / "model.onnx"
+        export_onnx(copy.deepcopy(model), {}, path, dynamic_batch=True)
+        return OnnxClassifier(path)
 
 
 def throughput(logits: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> float:
@@ -307,8 +308,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     # On CPU, vitlab's ONNX export run by onnxruntime joins the inference rounds (it cannot train).
     exported = None
     if DEVICE.type == "cpu" and "vitlab" in models:
-        folder = Path(tempfile.mkdtemp(prefix="vitlab-speed-"))
-        exported = exported_onnx(models["vitlab"], folder)
+        exported = exported_onnx(models["vitlab"])
         infer["vitlab-onnx"] = {"batch256": [], "latency": []}
     cuda = DEVICE.type == "cuda"
     for _ in range(rounds):  # interleave contenders in every round

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from vitlab.config import ModelConfig
 
 
@@ -10,3 +12,12 @@ def tiny_config(**overrides) -> ModelConfig:
     fields = dict(img_size=28, in_channels=1, num_classes=10, patch_size=7, embed_dim=32, depth=2, num_heads=4)
     fields.update(overrides)
     return ModelConfig(**fields)
+
+
+def unreadable_image_folder(root: Path, per_class: int = 5) -> Path:
+    """An image folder (classes cat, dog) whose every .png file is text: nothing in it decodes."""
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            (root / name / f"{index}.png").write_text("not a picture")
+    return root

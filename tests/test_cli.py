@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import unreadable_image_folder
 from vitlab.data.sources import load_split
 
 QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
@@ -277,10 +278,7 @@ def test_nproc_checks_its_arguments_before_starting_processes(trained_run, tmp_p
 
 def test_an_error_inside_the_nproc_workers_is_printed_once_without_torchruns_report(tmp_path, monkeypatch):
     # Found only once the processes open the data: every worker meets it, the launcher prints it once.
-    for name in ("cat", "dog"):
-        (tmp_path / "junk" / name).mkdir(parents=True)
-        for index in range(5):
-            (tmp_path / "junk" / name / f"{index}.png").write_text("not a picture")
+    junk = unreadable_image_folder(tmp_path / "junk")
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
-    result = vitlab("train", "--dataset", tmp_path / "junk", "--nproc", 2, "--out", tmp_path / "run", check=False)
+    result = vitlab("train", "--dataset", junk, "--nproc", 2, "--out", tmp_path / "run", check=False)
     _assert_clean_error(result, "could be read")

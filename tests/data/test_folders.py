@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import unreadable_image_folder
 from vitlab.config import DataConfig
 from vitlab.data import folders
 from vitlab.data.datasets import input_shape, open_dataset
@@ -83,11 +84,7 @@ def test_folder_errors_name_the_problem(tmp_path):
 
 
 def test_a_split_with_no_readable_image_is_an_error_that_says_so(tmp_path):
-    root = tmp_path / "junk"
-    for name in ("cat", "dog"):
-        (root / name).mkdir(parents=True)
-        for index in range(5):
-            (root / name / f"{index}.png").write_text("not a picture")
+    root = unreadable_image_folder(tmp_path / "junk")
     with pytest.raises(DataError, match=r"no train image in .* could be read: 8 unreadable file\(s\)"):
         open_dataset(DataConfig(dataset=str(root)), 3, 16)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 
-def run(rank: int, world_size: int, port: int, run_dir: str, overrides: list[str]) -> None:
+def join_gloo_group(rank: int, world_size: int, port: int):
+    """Describe this process as torchrun would (RANK, WORLD_SIZE, ...) and join the gloo group."""
     os.environ.update(
         {
             "RANK": str(rank),
@@ -19,15 +20,20 @@ def run(rank: int, world_size: int, port: int, run_dir: str, overrides: list[str
             "MASTER_PORT": str(port),
         }
     )
+    from vitlab.engine.distributed import init_process_group, world_from_environment
+
+    world = world_from_environment()
+    init_process_group(world, "cpu")
+    return world
+
+
+def run(rank: int, world_size: int, port: int, run_dir: str, overrides: list[str]) -> None:
     from vitlab.engine.distributed import barrier, shutdown
     from vitlab.engine.train import Trainer, prepare_run_dir
     from vitlab.recipes import resolve_run_config
 
     config = resolve_run_config(preset="mnist-tiny", epochs=2, seed=3, overrides=overrides)
-    from vitlab.engine.distributed import init_process_group, world_from_environment
-
-    world = world_from_environment()
-    init_process_group(world, "cpu")
+    world = join_gloo_group(rank, world_size, port)
     if world.is_main:
         prepare_run_dir(config, Path(run_dir))
     barrier(world)

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 
 def run(rank: int, port: int, folder: Path, fail: bool) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    from vitlab.engine.distributed import init_process_group, local_rank_zero_first, shutdown, world_from_environment
+    from ddp_worker import join_gloo_group  # the sibling script: this folder is on sys.path
 
-    world = world_from_environment()
-    init_process_group(world, "cpu")
+    from vitlab.engine.distributed import local_rank_zero_first, shutdown
+
+    world = join_gloo_group(rank, 2, port)
     try:
         with local_rank_zero_first(world):
             if rank == 0:

@@ -39,13 +39,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def train_two_ranks(run_dir: Path) -> None:
-    """Two worker processes joined in a gloo group train one run; each saves its own weights."""
-    worker = Path(__file__).with_name("ddp_worker.py")
+def run_two_ranks(worker: str, args_of_rank, timeout: float) -> None:
+    """Start `worker` (a script beside this file) as ranks 0 and 1 on a free port; both must succeed."""
     port = free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(worker), str(rank), "2", str(port), str(run_dir), *OVERRIDES],
+            [sys.executable, str(Path(__file__).with_name(worker)), *map(str, args_of_rank(rank, port))],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -54,20 +53,18 @@ def train_two_ranks(run_dir: Path) -> None:
         for rank in range(2)
     ]
     for proc in procs:
-        _, err = proc.communicate(timeout=240)
+        _, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, err
+
+
+def train_two_ranks(run_dir: Path) -> None:
+    """Two worker processes joined in a gloo group train one run; each saves its own weights."""
+    run_two_ranks("ddp_worker.py", lambda rank, port: [rank, 2, port, run_dir, *OVERRIDES], timeout=240)
 
 
 def _run_two_rank_order_workers(folder: Path, mode: str) -> None:
-    worker = Path(__file__).with_name("rank_order_worker.py")
-    port = free_port()
-    procs = [
-        subprocess.Popen([sys.executable, str(worker), str(rank), str(port), str(folder), mode], stderr=subprocess.PIPE)
-        for rank in range(2)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)  # an error in rank 0 must not leave rank 1 waiting
-        assert proc.returncode == 0, err
+    # The timeout is the test: an error in rank 0 must not leave rank 1 waiting.
+    run_two_ranks("rank_order_worker.py", lambda rank, port: [rank, port, folder, mode], timeout=120)
 
 
 def test_local_rank_zero_fills_the_cache_before_the_other_ranks_read_it(tmp_path):
