@@ -32,6 +32,12 @@ def machine_line() -> str:
     return f"{cpu_model()}, {available_cores()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB, from VmHWM (ru_maxrss would include a fork parent's)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
 def today() -> str:
     """The date in ISO form (UTC)."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

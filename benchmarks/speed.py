@@ -15,10 +15,12 @@ repeated (median and spread):
     python benchmarks/speed.py [--quick] [--configs mnist,w192,s16] [--device cuda]
 
 Hugging Face runs with both attention settings (eager and SDPA) and the ratio is taken against
-the faster; vitlab with its defaults (bf16 autocast; explicit attention on CPU, SDPA on CUDA).
-On CUDA the batches are larger (a GPU idles on CPU-sized batches), AdamW is the fused kernel
-for every contender, a torch.compile'd vitlab (CUDA graphs) runs as its own row, peak memory
-is the CUDA allocator's high-water mark, and results go to speed_cuda.md.
+the faster; vitlab with its defaults (bf16 autocast; explicit attention on CPU, SDPA on CUDA),
+and as its own row through torch.compile (`train.compile: true`; on CUDA with CUDA graphs).
+Every contender gets the fused AdamW that vitlab's Trainer uses, and the whole process keeps
+freed memory for reuse as every vitlab command does (runtime.reuse_freed_memory; measured on
+its own by cpu_choices.py). On CUDA the batches are larger (a GPU idles on CPU-sized batches),
+peak memory is the CUDA allocator's high-water mark, and results go to speed_cuda.md.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from common import RESULTS, machine_line, today
 from vitlab.config import ModelConfig
 from vitlab.data.augment import random_affine
 from vitlab.data.tensors import to_model_input
-from vitlab.engine.runtime import autocast_dtype
+from vitlab.engine.runtime import autocast_dtype, reuse_freed_memory
 from vitlab.export import OnnxClassifier, export_onnx
 from vitlab.models.flops import forward_flops, training_flops
 from vitlab.models.registry import DEFAULT_PRESET, model_config
@@ -112,28 +114,24 @@ def vitlab_model(config: ModelConfig) -> torch.nn.Module:
 
 
 def vitlab_compiled(config: ModelConfig) -> torch.nn.Module:
-    """vitlab's model through torch.compile with CUDA graphs (removes per-kernel launch overhead)."""
+    """vitlab's model through torch.compile, as `train.compile: true` runs it: inductor's fused
+    kernels on CPU; on CUDA also CUDA graphs (mode reduce-overhead), which remove launch overhead."""
     import torch._inductor.config as inductor_config
 
     # Inductor's tiling analysis trips an assertion on the w192 model (torch 2.11, CUDA); it only picks tile shapes.
     if hasattr(inductor_config.triton, "coalesce_tiling_analysis"):
         inductor_config.triton.coalesce_tiling_analysis = False
     model = vitlab_model(config)
-    model.logits = torch.compile(model.forward, mode="reduce-overhead")
+    model.logits = torch.compile(model.forward, mode="reduce-overhead" if DEVICE.type == "cuda" else None)
     return model
 
 
 CONTENDERS: dict[str, Callable[[ModelConfig], torch.nn.Module]] = {
     "vitlab": vitlab_model,
+    "vitlab-compiled": vitlab_compiled,
     "hf-eager": lambda c: hf_model(c, "eager"),
     "hf-sdpa": lambda c: hf_model(c, "sdpa"),
 }
-CUDA_ONLY_CONTENDERS = {"vitlab-compiled": vitlab_compiled}
-
-
-def device_contenders() -> dict[str, Callable[[ModelConfig], torch.nn.Module]]:
-    """The contenders that run on DEVICE: the compiled row only on CUDA."""
-    return CONTENDERS | (CUDA_ONLY_CONTENDERS if DEVICE.type == "cuda" else {})
 
 
 def exported_onnx(model: torch.nn.Module) -> OnnxClassifier:
@@ -189,8 +187,7 @@ class Measure:
 def train_step_fn(
     model: torch.nn.Module, config: ModelConfig, batch: int, with_data: bool, dtype
 ) -> Callable[[], None]:
-    fused = DEVICE.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=not fused, fused=fused)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as vitlab's Trainer, for every contender
     model.train()
     # A pool of uint8 images four batches deep: big enough to index randomly, small enough that the
     # peak memory measured is the model's, not the pool's.
@@ -263,12 +260,12 @@ def peak_memory_mb(contender: str, config_name: str, steps: int) -> float:
     would carry over the parent's resident size from the fork.
     """
     code = (
-        "import sys, torch; sys.path.insert(0, 'benchmarks'); import speed; "
+        "import sys, torch; sys.path.insert(0, 'benchmarks'); import speed; speed.reuse_freed_memory(); "
         f"torch.set_num_threads({torch.get_num_threads()}); "
         f"cfg, batch = speed.CONFIGS[{config_name!r}]; model = speed.CONTENDERS[{contender!r}](cfg); "
         "step = speed.train_step_fn(model, cfg, batch, True, speed.DTYPE); "
         f"[step() for _ in range({steps})]; "
-        "print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM')) / 1024)"
+        "import common; print(common.peak_rss_mb())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -279,7 +276,7 @@ DTYPE = autocast_dtype("auto", DEVICE)
 
 def bench_config(name: str, rounds: int, steps: int) -> dict:
     config, batch = CONFIGS[name]
-    models = {c: make(config) for c, make in device_contenders().items()}
+    models = {c: make(config) for c, make in CONTENDERS.items()}
     result: dict = {
         "config": name,
         "batch": batch,
@@ -347,6 +344,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     use_device(args.device)
+    reuse_freed_memory()  # as every vitlab command does; the Hugging Face rows share the process and the setting
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     results = []
@@ -356,7 +354,7 @@ def main() -> int:
         if not args.no_memory:
             for c in res["contenders"]:
                 if DEVICE.type == "cuda":
-                    model = device_contenders()[c](CONFIGS[name][0])
+                    model = CONTENDERS[c](CONFIGS[name][0])
                     res["contenders"][c]["peak_memory_mb"] = cuda_peak_memory_mb(model, *CONFIGS[name], steps=3)
                     del model
                 else:
@@ -385,6 +383,9 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         f"- Date: {today()}",
         f"- {precision}; matrix-product peak ({size}^3): fp32 {peaks['fp32']:,.0f} GFLOP/s, bf16 {peaks['bf16']:,.0f} GFLOP/s",
         "- FLOPs per image are analytic (`vitlab.models.flops`): 2 x the multiply-accumulates of every matrix product; training = 3 x forward.",
+        "- Every contender trains with fused AdamW (as vitlab's Trainer); the process keeps freed memory for reuse as every vitlab command does (`runtime.reuse_freed_memory`), so the Hugging Face rows have it too (its own effect: cpu_choices.md).",
+        "- vitlab-compiled: the same model through torch.compile, as `train.compile: true` runs it"
+        + (" (mode reduce-overhead: CUDA graphs)." if cuda else " (inductor's C++ kernels; compile time not counted)."),
         "",
         f"| config | contender | train img/s (model only) | train img/s (with data) | data cost | ratio vs HF best | MFU (bf16 peak) | infer img/s (batch) | latency b=1 median / p99 (ms) | {memory} |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -220,7 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.data.datasets import open_dataset
     from vitlab.engine.checkpoint import load_checkpoint
     from vitlab.engine.evaluate import evaluate
-    from vitlab.engine.runtime import autocast_dtype, configure_threads, resolve_device
+    from vitlab.engine.runtime import autocast_dtype, configure_cpu, resolve_device
 
     model, metadata = load_checkpoint(args.checkpoint)
     name = args.dataset or metadata.get("dataset", "mnist")
@@ -230,7 +230,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if len(data.class_names) != config.num_classes:
         raise ConfigError(f"the model has {config.num_classes} classes but {name} has {len(data.class_names)}")
-    configure_threads()
+    configure_cpu()
     device = resolve_device(args.device)
     model.to(device).set_attention_kernel(device.type)
     scores = evaluate(

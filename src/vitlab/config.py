@@ -184,6 +184,7 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     threads: int = 0  # 0 means one per available core
+    compile: bool = False  # torch.compile the training forward and backward (inductor): slow start, faster steps
     seed: int = 0
     eval_batch_size: int = 1000
     eval_every: int = 1  # evaluate (and checkpoint) every N epochs and after the last one

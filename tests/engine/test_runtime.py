@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -37,3 +40,35 @@ def test_warmup_then_cosine_schedule():
     assert lrs[55] == pytest.approx(0.5)  # half-way through the decay
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert warmup_cosine(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+
+
+FAULTS_OF_TEN_STEPS = """
+import resource, sys, torch
+from vitlab.engine.runtime import reuse_freed_memory
+from vitlab.models.registry import model_config
+from vitlab.models.vit import ViT
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+torch.set_num_threads(1)
+model, images = ViT(model_config("mnist-tiny")), torch.randn(64, 1, 28, 28)
+def step():
+    model(images).sum().backward()
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_reused_memory_spares_the_page_faults_of_every_step():
+    # Each setting in a fresh process: malloc's thresholds are per process and move as it runs.
+    def faults(setting: str) -> int:
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_TEN_STEPS, setting], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1])
+
+    default, reused = faults("default"), faults("reuse")
+    assert default > 2_000  # the freed activations went back to the OS and fault in again
+    assert reused < default / 5

@@ -143,3 +143,21 @@ def test_a_budgeted_run_scores_the_epoch_its_budget_ends_in(tmp_path):
     result = new_trainer(tmp_path, quick_config(epochs=1, time_budget=3.0, eval_every=1000)).run()
     assert len(result.history) == 1 and result.history[-1].elapsed >= 3.0
     assert result.final.accuracy == result.history[-1].test_accuracy
+
+
+def test_compiled_training_follows_the_eager_run(tmp_path):
+    # torch.compile (inductor) computes the same function as the eager model: one epoch from the
+    # same seed ends at nearly the same loss (bf16 rounding differs with fused kernels), and the
+    # checkpoint keeps the eager model's parameter names.
+    eager = new_trainer(tmp_path, quick_config(epochs=1), "eager").run()
+    compiled = new_trainer(tmp_path, quick_config(epochs=1, compile="true"), "compiled").run()
+    assert compiled.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=0.02)
+    assert abs(compiled.final.accuracy - eager.final.accuracy) < 0.05
+    model, _ = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.safetensors")
+    assert model.config.embed_dim == 64
+
+
+def test_compiling_on_cpu_without_a_compiler_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        new_trainer(tmp_path, quick_config(epochs=1, compile="true"))

@@ -7,7 +7,7 @@ import torch
 from tests.helpers import tiny_config
 from vitlab.config import POOL_CHOICES, POSENC_CHOICES
 from vitlab.errors import ConfigError
-from vitlab.models.vit import SelfAttention, ViT, attend
+from vitlab.models.vit import SelfAttention, ViT, attend, softmax_rows
 
 
 def reference_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, num_heads):
@@ -63,15 +63,16 @@ def _bf16_attention_with_fp32_softmax(q, k, v):
     return scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v
 
 
-def test_explicit_attention_in_bf16_is_as_exact_as_an_fp32_softmax():
-    # The bf16 path keeps the softmax in bf16 (the kernel computes in fp32 and rounds the weights
-    # once, as the product with V needs them rounded anyway): its error against fp32, forward and
-    # backward, must be no larger than that of a softmax done in fp32 and cast.
+@pytest.mark.parametrize("tokens", [20, 40])  # softmax_rows upcasts rows shorter than 32, not longer ones
+def test_explicit_attention_in_bf16_is_as_exact_as_an_fp32_softmax(tokens):
+    # The bf16 path rounds the softmax weights once, as the product with V needs them rounded
+    # anyway: its error against fp32, forward and backward, must be no larger than that of a
+    # softmax done in fp32 and cast.
     torch.manual_seed(0)
-    inputs32 = [(torch.randn(4, 3, 20, 16) * 2).requires_grad_() for _ in range(3)]
+    inputs32 = [(torch.randn(4, 3, tokens, 16) * 2).requires_grad_() for _ in range(3)]
     inputs16 = [t.detach().bfloat16().requires_grad_() for t in inputs32]
     inputs_fp32_softmax = [t.detach().bfloat16().requires_grad_() for t in inputs32]
-    upstream = torch.randn(4, 3, 20, 16)
+    upstream = torch.randn(4, 3, tokens, 16)
     out32, _ = attend(*inputs32, use_fused_kernel=False)
     out16, _ = attend(*inputs16, use_fused_kernel=False)
     out_fp32_softmax = _bf16_attention_with_fp32_softmax(*inputs_fp32_softmax)
@@ -89,6 +90,17 @@ def test_explicit_attention_in_bf16_is_as_exact_as_an_fp32_softmax():
     assert error(out16, out32) <= 1.5 * error(out_fp32_softmax, out32) + 1e-3
     for low, alternative, full in zip(inputs16, inputs_fp32_softmax, inputs32):
         assert error(low.grad, full.grad) <= 1.5 * error(alternative.grad, full.grad) + 1e-3
+
+
+@pytest.mark.parametrize("tokens", [17, 50])
+def test_softmax_rows_rounds_the_fp32_softmax_once_for_short_and_long_rows(tokens):
+    scores = (torch.randn(64, tokens, tokens) * 3).bfloat16().float()  # exact in bf16
+    expected = scores.softmax(dim=-1)
+    weights = softmax_rows(scores.bfloat16())
+    assert weights.dtype == torch.bfloat16
+    # bf16 keeps 8 significant bits: one rounding of the fp32 result is within 2^-8 relative.
+    assert torch.allclose(weights.float(), expected, rtol=2**-8, atol=1e-6)
+    assert torch.equal(softmax_rows(scores), expected)
 
 
 @pytest.mark.parametrize("pool,posenc", list(itertools.product(POOL_CHOICES, POSENC_CHOICES)))

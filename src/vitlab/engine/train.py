@@ -37,7 +37,7 @@ from vitlab.engine.distributed import (
 )
 from vitlab.engine.evaluate import EvalResult, predict_logits, scores_from_logits
 from vitlab.engine.finetune import adapt_state, freeze_until, layer_scale, load_pretrained, read_source
-from vitlab.engine.runtime import autocast, autocast_dtype, configure_threads, resolve_device
+from vitlab.engine.runtime import autocast, autocast_dtype, compiled, configure_cpu, resolve_device
 from vitlab.engine.schedule import warmup_cosine
 from vitlab.errors import CheckpointError, ConfigError
 from vitlab.models.registry import build_model
@@ -91,7 +91,9 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
         for (decays, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
     ]
     cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
-    return cls(param_groups, lr=config.train.lr, betas=(config.train.beta1, config.train.beta2), foreach=True)
+    # One fused kernel per parameter, on CPU as on CUDA: the step is 3-4x faster than the foreach
+    # implementation, which on CPU loops over the tensors op by op (benchmarks/cpu_choices.py).
+    return cls(param_groups, lr=config.train.lr, betas=(config.train.beta1, config.train.beta2), fused=True)
 
 
 class Trainer:
@@ -107,7 +109,7 @@ class Trainer:
         init_process_group(self.world, self.device.type)
         check_global_batch(config.train.batch_size, self.world)
         self.dtype = autocast_dtype(config.train.precision, self.device)
-        self.threads = configure_threads(config.train.threads, share_with=self.world.size)
+        self.threads = configure_cpu(config.train.threads, share_with=self.world.size)
         with local_rank_zero_first(self.world):
             data = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed)
         self.mean, self.std = data.mean, data.std
@@ -144,6 +146,8 @@ class Trainer:
         self.train_module: nn.Module = (
             nn.parallel.DistributedDataParallel(self.model) if self.world.distributed else self.model
         )
+        if config.train.compile:
+            self.train_module = compiled(self.train_module, self.device)
         self.train_images = self.train_set.images.to(self.device)
         self.train_labels = self.train_set.labels.to(self.device)
 

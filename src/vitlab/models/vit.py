@@ -36,13 +36,23 @@ def attend(
     if use_fused_kernel and not need_weights:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    # Softmax in the scores' own dtype: the bf16 kernel computes in fp32 inside and rounds once, as
-    # the weights must be rounded for the product with V anyway; an fp32 copy of the (tokens x tokens)
-    # weights and its casts made attention forward + backward 2x slower on this 2-core CPU (18.5 against
-    # 9.1 ms for batch 128, 4 heads, 50 tokens, one thread).
-    weights = scores.softmax(dim=-1)
+    weights = softmax_rows(scores)
     mixed = F.dropout(weights, dropout_p) if dropout_p else weights
     return mixed @ v, (weights if need_weights else None)
+
+
+def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, returned in the scores' dtype, by the faster CPU kernel.
+
+    PyTorch's bf16 softmax kernel computes in fp32 inside and rounds once, so the weights equal an
+    fp32 softmax rounded to bf16; it is the faster path for rows of 32 tokens or more (no fp32 copy
+    of the tokens x tokens weights: attention forward + backward 2x faster for 50 tokens). Rows
+    shorter than its 32-lane vector fall to scalar code, 3-4x slower than upcasting to fp32 and back
+    (17 tokens, the default MNIST model: benchmarks/softmax_rows.py on this 2-core AVX-512 CPU).
+    """
+    if scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < 32:
+        return scores.float().softmax(dim=-1).to(scores.dtype)
+    return scores.softmax(dim=-1)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
