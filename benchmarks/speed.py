@@ -61,7 +61,7 @@ CONFIGS: dict[str, tuple[ModelConfig, int]] = {
     "s16": (model_config("S/16"), 32),
 }
 # Rounds (contenders interleaved in each) and timed steps per round: fewer for the slow configurations.
-REPEATS = {"mnist": (5, 10), "w192": (3, 3), "s16": (2, 2)}
+REPEATS = {"mnist": (5, 10), "w192": (3, 3), "s16": (3, 2)}
 INFER_BATCH = {"mnist": 256, "w192": 256, "s16": 32}
 CUDA_BATCH = {"mnist": 2048, "w192": 512, "s16": 256}
 CUDA_REPEATS = {"mnist": (5, 20), "w192": (5, 10), "s16": (3, 5)}
@@ -276,6 +276,9 @@ DTYPE = autocast_dtype("auto", DEVICE)
 
 def bench_config(name: str, rounds: int, steps: int) -> dict:
     config, batch = CONFIGS[name]
+    # Compiled graphs are cached per code object (ViT.forward), across configurations: start afresh,
+    # so the compiled row never falls back to eager for want of cache room.
+    torch._dynamo.reset()
     models = {c: make(config) for c, make in CONTENDERS.items()}
     result: dict = {
         "config": name,
@@ -308,7 +311,10 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         exported = exported_onnx(models["vitlab"])
         infer["vitlab-onnx"] = {"batch256": [], "latency": []}
     cuda = DEVICE.type == "cuda"
-    for _ in range(rounds):  # interleave contenders in every round
+    peak_dtype = torch.bfloat16 if DTYPE is None else DTYPE
+    peaks: list[float] = []
+    for _ in range(rounds):  # interleave contenders in every round, and the machine's limit with them
+        peaks.append(matmul_peak(peak_dtype))
         big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
         for c, m in models.items():
             for kind, fn in fns[c].items():
@@ -324,15 +330,24 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         if exported is not None:
             infer["vitlab-onnx"]["batch256"].append(throughput(exported.logits, big))
             infer["vitlab-onnx"]["latency"].extend(latencies(exported.logits, big[:1]))
+    # Ratios and MFU pair figures of the same round (this machine's speed drifts within minutes),
+    # then take the median over rounds.
+    hf_rounds = [c for c in models if c.startswith("hf")]
+    hf_best = [max(train[c]["model only"][r] for c in hf_rounds) for r in range(rounds)] if hf_rounds else []
     for c in models:
+        samples = train[c]["model only"]
         result["contenders"][c] = {
-            "train_model_only": Measure(train[c]["model only"]).summary(),
+            "train_model_only": Measure(samples).summary(),
             "train_with_data": Measure(train[c]["with data"]).summary(),
             **inference_summary(infer[c]),
-            "train_flops_per_s": training_flops(config) * Measure(train[c]["model only"]).median,
+            "train_flops_per_s": training_flops(config) * Measure(samples).median,
+            "ratio_vs_hf_best": Measure([a / b for a, b in zip(samples, hf_best)]).summary() if hf_best else None,
+            "mfu": Measure([training_flops(config) * a / (p * 1e9) for a, p in zip(samples, peaks)]).summary(),
         }
     if exported is not None:
         result["exported"] = {"vitlab-onnx": inference_summary(infer["vitlab-onnx"])}
+    # MFU against the peak measured in the same rounds: this machine's speed drifts within minutes.
+    result["peak_gflops"] = Measure(peaks).summary()
     return result
 
 
@@ -381,7 +396,13 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         f"- Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip() + "",
         f"- Machine: {machine}, {torch.get_num_threads()} threads",
         f"- Date: {today()}",
-        f"- {precision}; matrix-product peak ({size}^3): fp32 {peaks['fp32']:,.0f} GFLOP/s, bf16 {peaks['bf16']:,.0f} GFLOP/s",
+        f"- {precision}; matrix-product peak ({size}^3) at the start: fp32 {peaks['fp32']:,.0f} GFLOP/s, bf16 {peaks['bf16']:,.0f} GFLOP/s",
+        "- Ratio and MFU pair each round's figures (the contender against the faster Hugging Face setting, and against the bf16 peak measured again in that round), then take the median over rounds. Peaks in these rounds: "
+        + ", ".join(
+            f"{res['config']} {res['peak_gflops']['median']:,.0f} ±{res['peak_gflops']['spread']:.0%}"
+            for res in results
+        )
+        + " GFLOP/s.",
         "- FLOPs per image are analytic (`vitlab.models.flops`): 2 x the multiply-accumulates of every matrix product; training = 3 x forward.",
         "- Every contender trains with fused AdamW (as vitlab's Trainer); the process keeps freed memory for reuse as every vitlab command does (`runtime.reuse_freed_memory`), so the Hugging Face rows have it too (its own effect: cpu_choices.md).",
         "- vitlab-compiled: the same model through torch.compile, as `train.compile: true` runs it"
@@ -391,14 +412,14 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for res in results:
-        hf_best = max(v["train_model_only"]["median"] for k, v in res["contenders"].items() if k.startswith("hf"))
         for c, v in res["contenders"].items():
             tm, td = v["train_model_only"], v["train_with_data"]
             data_cost = 1 - td["median"] / tm["median"]
-            mfu = v["train_flops_per_s"] / (peaks["bf16"] * 1e9)
+            ratio = v["ratio_vs_hf_best"]
+            ratio_text = f"{ratio['median']:.2f}x ±{ratio['spread']:.0%}" if ratio else "n/a"
             lines.append(
                 f"| {res['config']} (batch {res['batch']}) | {c} | {tm['median']:,.0f} ±{tm['spread']:.0%} | {td['median']:,.0f} ±{td['spread']:.0%} "
-                f"| {data_cost:.0%} | {tm['median'] / hf_best:.2f}x | {mfu:.0%} | {v['infer_throughput']['median']:,.0f} ({res['infer_batch']}) "
+                f"| {data_cost:.0%} | {ratio_text} | {v['mfu']['median']:.0%} | {v['infer_throughput']['median']:,.0f} ({res['infer_batch']}) "
                 f"| {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} | {v.get('peak_memory_mb', float('nan')):,.0f} |"
             )
     exported_rows = [(res, runner, figures) for res in results for runner, figures in res.get("exported", {}).items()]

@@ -51,7 +51,9 @@ class Classifier:
             self._model = None
         else:
             from vitlab.engine.checkpoint import load_checkpoint
+            from vitlab.engine.runtime import reuse_freed_memory
 
+            reuse_freed_memory()  # batched prediction reallocates the same activations every call
             self._model, self.metadata = load_checkpoint(path)
             if img_size and img_size != self._model.config.img_size and self._model.config.arch == "vit":
                 self._model = at_image_size(self._model, img_size)
