@@ -62,8 +62,9 @@ def reuse_freed_memory() -> bool:
 
     A training step frees and reallocates the same activation sizes every step. By default glibc
     returns large freed blocks to the OS (munmap, heap trimming), so the next step page-faults
-    them in again: about 1,100 faults per step of the default MNIST model and 13,000 for the
-    width-192 one, which cost 30-40% of the step on this 2-core VM (benchmarks/allocator.py).
+    them in again: on this 2-core VM about 1,300 faults per training step of the default MNIST
+    model and 3,400 per batch-256 inference, which made them 13% and 44% slower
+    (benchmarks/cpu_choices.py).
     Raising the mmap and trim thresholds keeps those pages; the peak resident memory does not
     grow, as only memory the process already used is kept. Returns False where the C library has
     no mallopt (macOS, Windows), and then nothing changes.

@@ -44,11 +44,11 @@ def attend(
 def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension, returned in the scores' dtype, by the faster CPU kernel.
 
-    PyTorch's bf16 softmax kernel computes in fp32 inside and rounds once, so the weights equal an
-    fp32 softmax rounded to bf16; it is the faster path for rows of 32 tokens or more (no fp32 copy
-    of the tokens x tokens weights: attention forward + backward 2x faster for 50 tokens). Rows
-    shorter than its 32-lane vector fall to scalar code, 3-4x slower than upcasting to fp32 and back
-    (17 tokens, the default MNIST model: benchmarks/softmax_rows.py on this 2-core AVX-512 CPU).
+    PyTorch's bf16 softmax kernel computes in fp32 inside and rounds once, so its weights equal an
+    fp32 softmax rounded to bf16, without an fp32 copy of the tokens x tokens weights: from 32
+    tokens on it is the faster path (1.1-2.5x, forward + backward). Rows shorter than its 32-lane
+    vector fall to scalar code, 2-3.6x slower than upcasting to fp32 and back; 17 tokens is the
+    default MNIST model (benchmarks/cpu_choices.py, on this 2-core AVX-512 CPU).
     """
     if scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < 32:
         return scores.float().softmax(dim=-1).to(scores.dtype)
