@@ -538,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        from vitlab.engine.runtime import reuse_freed_memory
+
+        reuse_freed_memory()  # every command that computes reallocates the same tensor sizes over and over
         return args.handler(args)
     except VitlabError as exc:
         _report_error(str(exc))
