@@ -65,9 +65,9 @@ def reuse_freed_memory() -> bool:
     them in again: on this 2-core VM about 1,300 faults per training step of the default MNIST
     model and 3,400 per batch-256 inference, which made them 13% and 44% slower
     (benchmarks/cpu_choices.py).
-    Raising the mmap and trim thresholds keeps those pages; the peak resident memory does not
-    grow, as only memory the process already used is kept. Returns False where the C library has
-    no mallopt (macOS, Windows), and then nothing changes.
+    Raising the mmap and trim thresholds keeps those pages: only memory the process already used
+    is kept, and the peak resident memory measured there did not change. Returns False where the
+    C library has no mallopt (macOS, Windows), and then nothing changes.
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
@@ -90,7 +90,7 @@ def configure_cpu(threads: int = 0, share_with: int = 1) -> int:
 def compiled(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The module through torch.compile (inductor), which turns its element-wise work into fused kernels.
 
-    Evaluation stays eager: a compiled graph per eval batch shape would cost more start-up than it saves.
+    Evaluation stays eager: another graph to compile, for a pass that is a small part of an epoch.
     """
     if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
         raise ConfigError("train.compile on CPU needs a C++ compiler (c++ or g++ on PATH); install one or leave it off")
