@@ -340,13 +340,11 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             "train_model_only": Measure(samples).summary(),
             "train_with_data": Measure(train[c]["with data"]).summary(),
             **inference_summary(infer[c]),
-            "train_flops_per_s": training_flops(config) * Measure(samples).median,
             "ratio_vs_hf_best": Measure([a / b for a, b in zip(samples, hf_best)]).summary() if hf_best else None,
             "mfu": Measure([training_flops(config) * a / (p * 1e9) for a, p in zip(samples, peaks)]).summary(),
         }
     if exported is not None:
         result["exported"] = {"vitlab-onnx": inference_summary(infer["vitlab-onnx"])}
-    # MFU against the peak measured in the same rounds: this machine's speed drifts within minutes.
     result["peak_gflops"] = Measure(peaks).summary()
     return result
 

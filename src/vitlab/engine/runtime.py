@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import shutil
 from collections.abc import Iterator
 
@@ -57,6 +58,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MAX_MMAP_THRESHOLD = 32 << 20
 
 
+@functools.cache  # a per-process setting: the CLI, the Trainer and vitlab.load each ask for it
 def reuse_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for the next tensor instead of handing it back to the OS.
 
