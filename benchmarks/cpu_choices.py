@@ -26,7 +26,7 @@ import torch
 import speed
 from common import RESULTS, machine_line, peak_rss_mb, today
 from vitlab.engine.runtime import reuse_freed_memory
-from vitlab.models.vit import ViT
+from vitlab.models.vit import BF16_SOFTMAX_MIN_TOKENS, ViT
 
 ALLOCATOR_CONFIGS = ("mnist", "w192")
 SOFTMAX_TOKENS = (17, 24, 31, 32, 40, 50, 65, 100, 197)
@@ -116,7 +116,7 @@ def softmax_rows_table(rounds: int) -> list[str]:
         faster = "bf16" if ms["bf16 fb"] <= ms["fp32 fb"] else "fp32"
         rows.append(
             f"| {tokens} | {ms['bf16 f']:.2f} | {ms['fp32 f']:.2f} | {ms['bf16 fb']:.2f} | {ms['fp32 fb']:.2f} "
-            f"| {faster} | {'fp32' if tokens < 32 else 'bf16'} |"
+            f"| {faster} | {'fp32' if tokens < BF16_SOFTMAX_MIN_TOKENS else 'bf16'} |"
         )
         print(rows[-1], flush=True)
     return rows

@@ -17,6 +17,8 @@ from vitlab.config import ModelConfig
 from vitlab.models.posenc import sincos_1d_table, sincos_2d_table
 
 Intermediates = dict[str, torch.Tensor]
+# Rows at least this long take PyTorch's bf16 softmax kernel; shorter ones are upcast (softmax_rows).
+BF16_SOFTMAX_MIN_TOKENS = 32
 
 
 def attend(
@@ -50,7 +52,7 @@ def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
     vector fall to scalar code, 2-3.6x slower than upcasting to fp32 and back; 17 tokens is the
     default MNIST model (benchmarks/cpu_choices.py, on this 2-core AVX-512 CPU).
     """
-    if scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < 32:
+    if scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < BF16_SOFTMAX_MIN_TOKENS:
         return scores.float().softmax(dim=-1).to(scores.dtype)
     return scores.softmax(dim=-1)
 
