@@ -163,6 +163,31 @@ def test_intermediates_match_the_plain_forward(pool):
     torch.testing.assert_close(out["logits"], model.forward_head(model.pool(tokens)))
 
 
+@pytest.mark.parametrize("use_fused_kernel", [False, True])
+def test_class_token_only_last_block_gives_the_same_logits_and_gradients(use_fused_kernel):
+    torch.manual_seed(0)
+    # float64, so that the two orders of summation agree to the default tolerance; no dropout.
+    model = ViT(tiny_config(pool="cls", depth=3)).double().train()
+    model.set_attention_kernel("cuda" if use_fused_kernel else "cpu")
+    torch.nn.init.normal_(model.head.weight)
+    images = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    assert model.forward_features(images, class_token_only=True).shape == (4, 1, 32)
+
+    def loss_and_grads(logits):
+        model.zero_grad()
+        loss = logits.square().sum()
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    full_loss, full_grads = loss_and_grads(model.forward_head(model.pool(model.forward_features(images))))
+    loss, grads = loss_and_grads(model(images))  # the logits path takes class_token_only
+    torch.testing.assert_close(loss, full_loss)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, msg=name)
+    with pytest.raises(ValueError, match="class token"):
+        ViT(tiny_config(pool="mean")).forward_features(images.float(), class_token_only=True)
+
+
 def test_fused_and_explicit_attention_kernels_agree():
     torch.manual_seed(0)
     model = ViT(tiny_config(pool="map")).eval()

@@ -7,6 +7,8 @@ depth L and K classes:
   (conv stem instead)  sum over its 3x3 convolutions of (output side)^2 * 9 * C_in * C_out, + N * C_last * D
   per block            T * 3D^2 (Q, K, V)  +  2 * T^2 * D (QK^T and attention x V)
                        + T * D^2 (output projection)  +  2 * T * D * M (MLP)
+  (class-token pooling: the last block computes the class token's output alone, as ViT.forward
+   does, which removes (T - 1) * (2 * T * D + D^2 + 2 * D * M) of its own)
   attention pooling    D^2 (query) + 2 T D^2 (keys, values) + 2 T D (attend) + D^2 + 2 D M
   head                 D * K   (MLP head: D * H + H * K)
 Norms, softmax, GELU and additions are left out: they are O(T * D), under 2% for these models.
@@ -31,6 +33,8 @@ def forward_macs(config: ModelConfig) -> int:
     macs = stem_macs(config) if config.stem == "conv" else n * config.in_channels * config.patch_size**2 * d
     per_block = t * 3 * d * d + 2 * t * t * d + t * d * d + 2 * t * d * m
     macs += config.depth * per_block
+    if config.pool == "cls":
+        macs -= (t - 1) * (2 * t * d + d * d + 2 * d * m)
     if config.pool == "map":
         macs += d * d + 2 * t * d * d + 2 * t * d + d * d + 2 * d * m
     if config.head == "mlp":
