@@ -231,6 +231,16 @@ def timed(fn: Callable[[], None], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def alternating_steps(fns: dict[str, Callable[[], None]], steps: int) -> dict[str, list[float]]:
+    """Seconds of each contender's training steps, taken in turn and in reversed order every other
+    step, so that every step has a partner from each contender measured within a second of it."""
+    times: dict[str, list[float]] = {c: [] for c in fns}
+    for i in range(steps):
+        for c in fns if i % 2 == 0 else reversed(fns):
+            times[c].append(timed(fns[c], 1))
+    return times
+
+
 def matmul_peak(dtype: torch.dtype, repeats: int = 10) -> float:
     """GFLOP/s of a large square matrix product: the machine's practical limit."""
     size = 8192 if DEVICE.type == "cuda" else 2048
@@ -313,12 +323,17 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     cuda = DEVICE.type == "cuda"
     peak_dtype = torch.bfloat16 if DTYPE is None else DTYPE
     peaks: list[float] = []
+    step_times: list[dict[str, list[float]]] = []  # per round: each contender's model-only steps
     for _ in range(rounds):  # interleave contenders in every round, and the machine's limit with them
         peaks.append(matmul_peak(peak_dtype))
         big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
+        for kind in ("model only", "with data"):
+            times = alternating_steps({c: fns[c][kind] for c in models}, steps)
+            for c in models:
+                train[c][kind].append(batch / statistics.median(times[c]))
+            if kind == "model only":
+                step_times.append(times)
         for c, m in models.items():
-            for kind, fn in fns[c].items():
-                train[c][kind].append(batch / timed(fn, steps))
             m.eval()
             with torch.inference_mode():
                 with torch.autocast(DEVICE.type, dtype=DTYPE, enabled=DTYPE is not None):
@@ -330,17 +345,19 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         if exported is not None:
             infer["vitlab-onnx"]["batch256"].append(throughput(exported.logits, big))
             infer["vitlab-onnx"]["latency"].extend(latencies(exported.logits, big[:1]))
-    # Ratios and MFU pair figures of the same round (this machine's speed drifts within minutes),
-    # then take the median over rounds.
+    # The ratio pairs each step with the faster Hugging Face setting's step taken next to it, and MFU
+    # each round with the peak measured in it (this machine's speed drifts within minutes): medians
+    # within a round, then over rounds.
     hf_rounds = [c for c in models if c.startswith("hf")]
-    hf_best = [max(train[c]["model only"][r] for c in hf_rounds) for r in range(rounds)] if hf_rounds else []
+    hf_best = [max(hf_rounds, key=lambda h: train[h]["model only"][r]) for r in range(rounds)] if hf_rounds else []
     for c in models:
         samples = train[c]["model only"]
+        ratios = [statistics.median(b / a for a, b in zip(t[c], t[h])) for t, h in zip(step_times, hf_best)]
         result["contenders"][c] = {
             "train_model_only": Measure(samples).summary(),
             "train_with_data": Measure(train[c]["with data"]).summary(),
             **inference_summary(infer[c]),
-            "ratio_vs_hf_best": Measure([a / b for a, b in zip(samples, hf_best)]).summary() if hf_best else None,
+            "ratio_vs_hf_best": Measure(ratios).summary() if hf_best else None,
             "mfu": Measure([training_flops(config) * a / (p * 1e9) for a, p in zip(samples, peaks)]).summary(),
         }
     if exported is not None:
@@ -395,13 +412,13 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         f"- Machine: {machine}, {torch.get_num_threads()} threads",
         f"- Date: {today()}",
         f"- {precision}; matrix-product peak ({size}^3) at the start: fp32 {peaks['fp32']:,.0f} GFLOP/s, bf16 {peaks['bf16']:,.0f} GFLOP/s",
-        "- Ratio and MFU pair each round's figures (the contender against the faster Hugging Face setting, and against the bf16 peak measured again in that round), then take the median over rounds. Peaks in these rounds: "
+        "- Contenders train in turn, one step each (order reversed every other step). The ratio pairs each step with the step of the faster Hugging Face setting taken next to it; MFU pairs each round with the bf16 peak measured again in it; medians within a round, then over rounds. Peaks in these rounds: "
         + ", ".join(
             f"{res['config']} {res['peak_gflops']['median']:,.0f} ±{res['peak_gflops']['spread']:.0%}"
             for res in results
         )
         + " GFLOP/s.",
-        "- FLOPs per image are analytic (`vitlab.models.flops`): 2 x the multiply-accumulates of every matrix product; training = 3 x forward.",
+        "- FLOPs per image are analytic (`vitlab.models.flops`): 2 x the multiply-accumulates of every matrix product the logits need; training = 3 x forward. With class-token pooling the last block's output is needed for the class token alone, which is all vitlab computes there; Hugging Face computes it for every token (21% more on the MNIST model, 8% on w192, 7% on ViT-S/16), work not counted in its MFU.",
         "- Every contender trains with fused AdamW (as vitlab's Trainer); the process keeps freed memory for reuse as every vitlab command does (`runtime.reuse_freed_memory`), so the Hugging Face rows have it too (its own effect: cpu_choices.md).",
         "- vitlab-compiled: the same model through torch.compile, as `train.compile: true` runs it"
         + (" (mode reduce-overhead: CUDA graphs)." if cuda else " (inductor's C++ kernels; compile time not counted)."),

@@ -1,5 +1,8 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitlab.config import DataConfig
 from vitlab.data.augment import (
@@ -29,6 +32,20 @@ def test_affine_is_repeatable_with_a_seeded_generator_and_varies_per_image():
     first, second = draw(), draw()
     torch.testing.assert_close(first, second)
     assert not torch.allclose(first[0], first[1])
+
+
+@pytest.mark.parametrize("shape", [(16, 1, 28, 20), (8, 3, 32, 32)])
+def test_affine_samples_the_grid_torchs_affine_grid_builds_from_the_same_draws(shape):
+    images = torch.rand(*shape)
+    out = random_affine(images, degrees=10, scale=(0.9, 1.1), translate=0.1, generator=torch.Generator().manual_seed(3))
+    draws = torch.Generator().manual_seed(3)  # the same three draws, in random_affine's order
+    angle = math.radians(10) * (2 * torch.rand(shape[0], generator=draws) - 1)
+    inverse_scale = 1 / (0.9 + 0.2 * torch.rand(shape[0], generator=draws))
+    shift = 0.2 * (2 * torch.rand(shape[0], 2, generator=draws) - 1)
+    cos, sin = torch.cos(angle) * inverse_scale, torch.sin(angle) * inverse_scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(shape), align_corners=False)
+    torch.testing.assert_close(out, F.grid_sample(images, grid, align_corners=False), atol=1e-5, rtol=0)
 
 
 def test_pure_shift_moves_content_by_the_expected_pixels():
