@@ -231,10 +231,10 @@ def timed(fn: Callable[[], None], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def alternating_steps(fns: dict[str, Callable[[], None]], steps: int) -> dict[str, list[float]]:
-    """Seconds of each contender's training steps, taken in turn and in reversed order every other
-    step, so that every step has a partner from each contender measured within a second of it."""
-    times: dict[str, list[float]] = {c: [] for c in fns}
+def alternating_steps(fns: dict, steps: int) -> dict:
+    """Seconds of each function's calls (training steps), taken in turn and in reversed order every
+    other step, so that every step has a partner from each other function timed within a second of it."""
+    times: dict = {c: [] for c in fns}
     for i in range(steps):
         for c in fns if i % 2 == 0 else reversed(fns):
             times[c].append(timed(fns[c], 1))
@@ -327,12 +327,11 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     for _ in range(rounds):  # interleave contenders in every round, and the machine's limit with them
         peaks.append(matmul_peak(peak_dtype))
         big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
-        for kind in ("model only", "with data"):
-            times = alternating_steps({c: fns[c][kind] for c in models}, steps)
-            for c in models:
-                train[c][kind].append(batch / statistics.median(times[c]))
-            if kind == "model only":
-                step_times.append(times)
+        # Both kinds of step of every contender in one alternation: the data cost pairs its steps too.
+        times = alternating_steps({(c, kind): fn for c in models for kind, fn in fns[c].items()}, steps)
+        for (c, kind), seconds in times.items():
+            train[c][kind].append(batch / statistics.median(seconds))
+        step_times.append({c: times[(c, "model only")] for c in models})
         for c, m in models.items():
             m.eval()
             with torch.inference_mode():
@@ -412,7 +411,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         f"- Machine: {machine}, {torch.get_num_threads()} threads",
         f"- Date: {today()}",
         f"- {precision}; matrix-product peak ({size}^3) at the start: fp32 {peaks['fp32']:,.0f} GFLOP/s, bf16 {peaks['bf16']:,.0f} GFLOP/s",
-        "- Contenders train in turn, one step each (order reversed every other step). The ratio pairs each step with the step of the faster Hugging Face setting taken next to it; MFU pairs each round with the bf16 peak measured again in it; medians within a round, then over rounds. Peaks in these rounds: "
+        "- Contenders train in turn, one step each, model-only and with-data steps alike (order reversed every other step). The ratio pairs each step with the step of the faster Hugging Face setting taken next to it; MFU pairs each round with the bf16 peak measured again in it; medians within a round, then over rounds. Peaks in these rounds: "
         + ", ".join(
             f"{res['config']} {res['peak_gflops']['median']:,.0f} ±{res['peak_gflops']['spread']:.0%}"
             for res in results
