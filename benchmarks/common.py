@@ -16,20 +16,39 @@ SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of a /proc/cpuinfo field ('model name', 'flags'), or None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == name:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
+    return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+
+
+def bf16_units() -> str:
+    """What runs bf16 matrix products on this CPU, which the model name often hides. It sets the bf16
+    peak: 6.5x the fp32 peak on an Intel Xeon with AMX here, 2.5x on an AMD EPYC without AMX."""
+    flags = set((cpuinfo_field("flags") or "").split())
+    if "amx_bf16" in flags:
+        return "AMX bf16"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16, no AMX"
+    return f"no bf16 matrix units ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def machine_line() -> str:
-    """One line naming CPU, cores, Python and torch, for a results file."""
-    return f"{cpu_model()}, {available_cores()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    """One line naming CPU (and its bf16 units), cores, Python and torch, for a results file."""
+    return (
+        f"{cpu_model()} ({bf16_units()}), {available_cores()} cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def peak_rss_mb() -> float:
