@@ -92,8 +92,9 @@ def measure_point(img_size: int, batch: int, device_name: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     full = seconds_per_step()
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
-    # The same step without the attention product: V passes through, the projections stay.
-    vit_module.attend = lambda q, k, v, **kwargs: (v, None)
+    # The same step without the attention product: V passes through, the projections stay (one
+    # row per query: the last block queries from the class token alone).
+    vit_module.attend = lambda q, k, v, **kwargs: (v[:, :, : q.shape[2]], None)
     without = seconds_per_step()
     return {
         "img_size": img_size,
@@ -113,8 +114,10 @@ def run_point(img_size: int, batch: int, device: str) -> dict:
         [sys.executable, __file__, "--device", device, "--point", f"{img_size},{batch}"],
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise SystemExit(f"scaling point {img_size}x{img_size}, batch {batch} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
