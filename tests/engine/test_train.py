@@ -3,11 +3,14 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitlab.config import RunConfig
 from vitlab.engine.checkpoint import load_checkpoint
+from vitlab.engine.runtime import autocast, compiled
 from vitlab.engine.train import Trainer, prepare_run_dir, trainer_for_resume
 from vitlab.errors import ConfigError
+from vitlab.models.registry import build_model, model_config
 from vitlab.recipes import resolve_run_config
 
 
@@ -147,14 +150,38 @@ def test_a_budgeted_run_scores_the_epoch_its_budget_ends_in(tmp_path):
 
 def test_compiled_training_follows_the_eager_run(tmp_path):
     # torch.compile (inductor) computes the same function as the eager model: one epoch from the
-    # same seed ends at nearly the same loss (bf16 rounding differs with fused kernels), and the
-    # checkpoint keeps the eager model's parameter names.
-    eager = new_trainer(tmp_path, quick_config(epochs=1), "eager").run()
-    compiled = new_trainer(tmp_path, quick_config(epochs=1, compile="true"), "compiled").run()
-    assert compiled.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=0.02)
+    # same seed ends at nearly the same loss, and the checkpoint keeps the eager model's parameter
+    # names. In fp32: this short bf16 epoch sits on a loss plateau whose escape hangs on rounding
+    # (on an AMX CPU the eager and compiled bf16 epochs ended 4% apart, either side of fp32's).
+    eager = new_trainer(tmp_path, quick_config(epochs=1, precision="fp32"), "eager").run()
+    compiled = new_trainer(tmp_path, quick_config(epochs=1, precision="fp32", compile="true"), "compiled").run()
+    assert compiled.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=0.01)
     assert abs(compiled.final.accuracy - eager.final.accuracy) < 0.05
     model, _ = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.safetensors")
     assert model.config.embed_dim == 64
+
+
+def test_a_compiled_bf16_step_is_as_close_to_fp32_as_the_eager_one():
+    # The bf16 step that train.compile runs: its loss and gradients stay within bf16 rounding of the
+    # fp32 step, as the eager bf16 step's do (both measured ~0.5% here; a wrong graph is far off).
+    torch.manual_seed(0)
+    model = build_model(model_config("mnist-tiny"))
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.05)  # no zero head: every gradient is non-trivial
+    images, labels = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+
+    def step(module: torch.nn.Module, bf16: bool) -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        with autocast(torch.device("cpu"), torch.bfloat16 if bf16 else None):
+            loss = F.cross_entropy(module(images).float(), labels)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    reference_loss, reference_grads = step(model, bf16=False)
+    for module in (model, compiled(model, torch.device("cpu"))):
+        loss, grads = step(module, bf16=True)
+        assert loss == pytest.approx(reference_loss, rel=0.01)
+        assert (grads - reference_grads).norm() / reference_grads.norm() < 0.02
 
 
 def test_compiling_on_cpu_without_a_compiler_is_a_config_error(tmp_path, monkeypatch):
