@@ -19,13 +19,12 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import vitlab.models.vit as vit_module
-from common import RESULTS, machine_line, today
+from common import RESULTS, machine_line, peak_rss_mb, today
 from vitlab.config import ModelConfig
 from vitlab.engine.runtime import autocast_dtype
 
@@ -47,13 +46,6 @@ def attention_flop_share(config: ModelConfig) -> float:
     t, d, m = config.num_tokens, config.embed_dim, config.mlp_dim
     attention = 2 * t * t * d
     return attention / (4 * t * d * d + 2 * t * d * m + attention)
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure_point(img_size: int, batch: int, device_name: str) -> dict:

@@ -32,12 +32,12 @@ def random_affine(
     shift = _uniform(-2 * translate, 2 * translate, (batch, 2), generator, device)  # grid coordinates span [-1, 1]
     cos, sin = torch.cos(angle) * inverse_scale, torch.sin(angle) * inverse_scale
 
-    # The sampling grid F.affine_grid would build (align_corners=False) from theta = [[cos, -sin, shift_x],
-    # [sin, cos, shift_y]], written as broadcast products: affine_grid's batched 3x2 matrix products
-    # took 1 ms of a 256-image MNIST batch, 5x what these do.
     def pixel_centres(side: int) -> torch.Tensor:  # in [-1, 1]
         return (torch.arange(side, device=device, dtype=images.dtype) * 2 + 1) / side - 1
 
+    # The sampling grid F.affine_grid would build (align_corners=False) from theta = [[cos, -sin, shift_x],
+    # [sin, cos, shift_y]], written as broadcast products: affine_grid's batched 3x2 matrix products
+    # took 1 ms of a 256-image MNIST batch, 5x what these do.
     height, width = images.shape[-2:]
     xs, ys = pixel_centres(width), pixel_centres(height)[:, None]
     cos, sin, shift_x, shift_y = (t.to(images.dtype)[:, None, None] for t in (cos, sin, shift[:, 0], shift[:, 1]))

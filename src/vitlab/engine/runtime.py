@@ -64,10 +64,11 @@ def reuse_freed_memory() -> bool:
 
     A training step frees and reallocates the same activation sizes every step. By default glibc
     returns large freed blocks to the OS (munmap, heap trimming), so the next step page-faults
-    them in again: on this 2-core VM about 1,300 faults per training step of the default MNIST
-    model and 3,400 per batch-256 inference, which made them 13% and 44% slower
-    (benchmarks/cpu_choices.py). Raising the mmap and trim thresholds keeps those pages: only memory the process already used
-    is kept, and the peak resident memory measured there did not change. Returns False where the
+    them in again: on a 2-core AMD EPYC about 1,300 faults per training step of the default MNIST
+    model and 3,400 per batch-256 inference, which made them 13% and 44% slower (9% and 32% on an
+    Intel Xeon with AMX; benchmarks/cpu_choices.py). Raising the mmap and trim thresholds keeps
+    those pages: only memory the process already used is kept, and the peak resident memory
+    measured there did not change. Returns False where the
     C library has no mallopt (macOS, Windows), and then nothing changes.
     """
     try:
