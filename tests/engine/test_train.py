@@ -14,10 +14,10 @@ from vitlab.models.registry import build_model, model_config
 from vitlab.recipes import resolve_run_config
 
 
-def quick_config(epochs: int = 2, **train) -> RunConfig:
-    """mnist-tiny on a 3,000-image slice: seconds per epoch on two cores."""
+def quick_config(epochs: int = 2, train_images: int = 3000, **train) -> RunConfig:
+    """mnist-tiny on a 3,000-image slice (by default): seconds per epoch on two cores."""
     overrides = [
-        "data.train_subset=3000",
+        f"data.train_subset={train_images}",
         "data.test_subset=500",
         "train.batch_size=32",
         "train.warmup_epochs=0.5",
@@ -150,13 +150,15 @@ def test_a_budgeted_run_scores_the_epoch_its_budget_ends_in(tmp_path):
 
 def test_compiled_training_follows_the_eager_run(tmp_path):
     # torch.compile (inductor) computes the same function as the eager model: one epoch from the
-    # same seed ends at nearly the same loss, and the checkpoint keeps the eager model's parameter
-    # names. In fp32: this short bf16 epoch sits on a loss plateau whose escape hangs on rounding
-    # (on an AMX CPU the eager and compiled bf16 epochs ended 4% apart, either side of fp32's).
-    eager = new_trainer(tmp_path, quick_config(epochs=1, precision="fp32"), "eager").run()
-    compiled = new_trainer(tmp_path, quick_config(epochs=1, precision="fp32", compile="true"), "compiled").run()
-    assert compiled.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=0.01)
-    assert abs(compiled.final.accuracy - eager.final.accuracy) < 0.05
+    # same seed ends at the same loss, and the checkpoint keeps the eager model's parameter names.
+    # In fp32 and 20 steps: the two differ by summation order alone (~1e-6 a step), and these first
+    # epochs sit on a loss plateau that amplifies any difference: over 94 steps fp32 runs ended 1-3%
+    # apart, bf16 ones 4% (here 20 steps: 3e-5).
+    config = {"epochs": 1, "train_images": 640, "precision": "fp32"}
+    eager = new_trainer(tmp_path, quick_config(**config), "eager").run()
+    compiled = new_trainer(tmp_path, quick_config(**config, compile="true"), "compiled").run()
+    assert compiled.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=1e-3)
+    assert abs(compiled.final.accuracy - eager.final.accuracy) < 0.02
     model, _ = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.safetensors")
     assert model.config.embed_dim == 64
 

@@ -7,7 +7,7 @@ import torch
 from tests.helpers import tiny_config
 from vitlab.config import POOL_CHOICES, POSENC_CHOICES
 from vitlab.errors import ConfigError
-from vitlab.models.vit import SelfAttention, ViT, attend, softmax_rows
+from vitlab.models.vit import SelfAttention, ViT, attend, linear_after_norm, softmax_rows
 
 
 def reference_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, num_heads):
@@ -186,6 +186,40 @@ def test_class_token_only_last_block_gives_the_same_logits_and_gradients(use_fus
         torch.testing.assert_close(grads[name], grad, msg=name)
     with pytest.raises(ValueError, match="class token"):
         ViT(tiny_config(pool="mean")).forward_features(images.float(), class_token_only=True)
+
+
+def graph_ops(tensor: torch.Tensor) -> set[str]:
+    """Names of every autograd node that produced `tensor`."""
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node.name() not in seen:
+            seen.add(node.name())
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return seen
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_norm_folded_into_the_next_linear_gives_the_same_values_and_gradients(with_bias):
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(8, eps=1e-6).double()
+    linear = torch.nn.Linear(8, 12, bias=with_bias).double()
+    for parameter in norm.parameters():  # a scale and shift far from the initial ones and zeros
+        torch.nn.init.normal_(parameter)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 5, 12, dtype=torch.float64)
+    inputs = [x, *norm.parameters(), *linear.parameters()]
+
+    plain = linear(norm(x))
+    folded = linear_after_norm(x, norm, linear)
+    assert ("AddmvBackward0" if with_bias else "MvBackward0") in graph_ops(folded)  # the folded path ran
+    torch.testing.assert_close(folded, plain)
+    for got, expected in zip(
+        torch.autograd.grad(folded, inputs, upstream), torch.autograd.grad(plain, inputs, upstream)
+    ):
+        torch.testing.assert_close(got, expected)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_after_norm(x, norm, linear), plain)
 
 
 def test_fused_and_explicit_attention_kernels_agree():

@@ -57,6 +57,25 @@ def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
     return scores.softmax(dim=-1)
 
 
+def linear_after_norm(x: torch.Tensor, norm: nn.LayerNorm | None, linear: nn.Linear) -> torch.Tensor:
+    """linear(norm(x)); while the norm's parameters train, with its scale and shift folded into the linear.
+
+    W (x_hat * g + b) + c = (W * g) x_hat + (W b + c): the same function, but the norm's backward no
+    longer sums the scale and shift gradients over every token; they come out of the linear's weight
+    gradient, a product computed anyway. A training step of the MNIST model 1.01-1.015x, of the
+    width-192 one 1.03x, of ViT-S/16 1.00x (speed benchmark models, Intel Xeon with AMX). Inference keeps
+    the plain order: the two small products of the fold cost more than a forward norm saves (batch-1
+    latency 0.59 -> 0.72 ms folded).
+    """
+    if norm is None:
+        return linear(x)
+    if not (torch.is_grad_enabled() and norm.weight.requires_grad):
+        return linear(norm(x))
+    normalised = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+    shift = linear.weight @ norm.bias if linear.bias is None else torch.addmv(linear.bias, linear.weight, norm.bias)
+    return F.linear(normalised, linear.weight * norm.weight, shift)
+
+
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop a whole residual branch per sample, rescaling the survivors."""
     if drop_prob == 0.0 or not training:
@@ -142,14 +161,19 @@ class SelfAttention(nn.Module):
         self.proj_drop = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, need_weights: bool = False, first_query_only: bool = False
+        self,
+        x: torch.Tensor,
+        need_weights: bool = False,
+        first_query_only: bool = False,
+        norm: nn.LayerNorm | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attend from every token, or with first_query_only from the first (class) token alone."""
+        """Attend from every token, or with first_query_only from the first (class) token alone; the
+        tokens normalised by `norm` first when given."""
         batch, tokens, dim = x.shape
         # Split along the projection's own layout and only then move heads ahead of tokens: the
         # backward then stacks the three gradients straight into that layout, one copy instead of
         # two (1.02-1.03x a training step on the speed benchmark's three models, Intel Xeon with AMX).
-        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        qkv = linear_after_norm(x, norm, self.qkv).view(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = (part.transpose(1, 2) for part in qkv.unbind(2))
         if first_query_only:
             q = q[:, :, :1]
@@ -174,8 +198,9 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, out_dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:
+        """The MLP of x, or of norm(x) when a norm is given."""
+        return self.drop(self.fc2(self.drop(F.gelu(linear_after_norm(x, norm, self.fc1)))))
 
 
 class Block(nn.Module):
@@ -194,11 +219,11 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All tokens' outputs, or with first_token_only the first token's alone (keys and values still
         come from every token): what the last block owes class-token pooling."""
-        attended, weights = self.attn(self.norm1(x), need_weights, first_token_only)
+        attended, weights = self.attn(x, need_weights, first_token_only, norm=self.norm1)
         if first_token_only:
             x = x[:, :1]
         x = x + drop_path(attended, self.drop_path_rate, self.training)
-        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
+        x = x + drop_path(self.mlp(x, norm=self.norm2), self.drop_path_rate, self.training)
         return x, weights
 
 
@@ -228,7 +253,7 @@ class AttentionPool(nn.Module):
         k, v = (part.transpose(1, 2) for part in kv.unbind(2))  # as in SelfAttention
         out, weights = attend(q, k, v, use_fused_kernel=self.use_fused_kernel, need_weights=need_weights)
         pooled = self.proj(out.transpose(1, 2).reshape(batch, 1, dim))
-        pooled = pooled + self.mlp(self.norm(pooled))
+        pooled = pooled + self.mlp(pooled, norm=self.norm)
         return pooled[:, 0], weights
 
 
