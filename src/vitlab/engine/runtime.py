@@ -68,8 +68,8 @@ def reuse_freed_memory() -> bool:
     model and 3,400 per batch-256 inference, which made them 13% and 44% slower (9% and 32% on an
     Intel Xeon with AMX; benchmarks/cpu_choices.py). Raising the mmap and trim thresholds keeps
     those pages: only memory the process already used is kept, and the peak resident memory
-    measured there did not change. Returns False where the
-    C library has no mallopt (macOS, Windows), and then nothing changes.
+    measured there did not change. Returns False where the C library has no mallopt (macOS,
+    Windows), and then nothing changes.
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
