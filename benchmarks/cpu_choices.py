@@ -4,9 +4,11 @@
 
 1. Allocator: glibc's default malloc against `runtime.reuse_freed_memory` (what every vitlab
    command sets), each figure from its own fresh process, alternating: training and inference
-   throughput, minor page faults per step, peak resident memory.
+   throughput, minor page faults per step, peak resident memory; in the dtype vitlab trains in
+   on this CPU (bf16 autocast, or fp32 where the CPU has no bf16 units).
 2. Softmax of bf16 attention scores: PyTorch's bf16 kernel against upcasting to fp32 and back,
-   forward and forward + backward, for rows of 17 to 197 tokens (`models.vit.softmax_rows`).
+   forward and forward + backward, for rows of 17 to 197 tokens (`models.vit.softmax_rows`);
+   skipped on a CPU without bf16 units, where vitlab never computes in bf16.
 3. AdamW: the foreach implementation against the fused one, the optimiser step alone.
 
 Results go to benchmarks/results/cpu_choices.md.
@@ -25,7 +27,7 @@ import torch
 
 import speed
 from common import RESULTS, machine_line, peak_rss_mb, today
-from vitlab.engine.runtime import reuse_freed_memory
+from vitlab.engine.runtime import autocast, reuse_freed_memory
 from vitlab.models.vit import BF16_SOFTMAX_MIN_TOKENS, ViT
 
 ALLOCATOR_CONFIGS = ("mnist", "w192")
@@ -41,14 +43,14 @@ def allocator_child(config_name: str, reuse: bool, task: str) -> dict:
     model = speed.vitlab_model(config)
     if task == "train":
         steps = speed.REPEATS[config_name][1] * 2
-        run = speed.train_step_fn(model, config, batch, False, torch.bfloat16)
+        run = speed.train_step_fn(model, config, batch, False, speed.DTYPE)
     else:
         steps, batch = 10, speed.INFER_BATCH[config_name]
         images = torch.randn(batch, config.in_channels, config.img_size, config.img_size)
         model.eval()
 
         def run() -> None:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.inference_mode(), autocast(speed.DEVICE, speed.DTYPE):
                 model(images)
 
     for _ in range(3):
@@ -122,6 +124,16 @@ def softmax_rows_table(rounds: int) -> list[str]:
     return rows
 
 
+def softmax_section(rounds: int) -> list[str]:
+    if speed.DTYPE is None:
+        return ["Not measured: this CPU has no bf16 units, so vitlab trains in fp32 here and takes no bf16 softmax."]
+    return [
+        "| tokens | bf16 kernel fwd | fp32 upcast fwd | bf16 kernel fwd+bwd | fp32 upcast fwd+bwd | faster (fwd+bwd) | vitlab uses |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *softmax_rows_table(rounds),
+    ]
+
+
 def adamw_rows(rounds: int) -> list[str]:
     rows = []
     for name in ALLOCATOR_CONFIGS:
@@ -160,7 +172,7 @@ def main() -> int:
         f"- Command: `{' '.join(['python benchmarks/cpu_choices.py', *sys.argv[1:]])}`",
         f"- Machine: {machine_line()}, 2 threads",
         f"- Date: {today()}",
-        f"- Medians of {rounds} interleaved rounds; bf16 autocast as in training.",
+        f"- Medians of {rounds} interleaved rounds; {'fp32' if speed.DTYPE is None else 'bf16 autocast'} as vitlab trains on this CPU.",
         "",
         "## Allocator: glibc's default against `runtime.reuse_freed_memory` (set by every vitlab command)",
         "",
@@ -174,9 +186,7 @@ def main() -> int:
         "",
         "## Softmax of bf16 attention scores (ms for 2M scores: rows x tokens x tokens)",
         "",
-        "| tokens | bf16 kernel fwd | fp32 upcast fwd | bf16 kernel fwd+bwd | fp32 upcast fwd+bwd | faster (fwd+bwd) | vitlab uses |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *softmax_rows_table(rounds),
+        *softmax_section(rounds),
         "",
         "## AdamW step alone (ms), all parameters with gradients",
         "",

@@ -1,7 +1,7 @@
 """Scaling: how a training step's time and memory grow with tokens (image size) and batch size.
 
 A width-192, depth-4 ViT with patch 4 (the w192 family of the speed benchmark, shallower so the
-largest images stay quick) under vitlab's defaults (bf16 autocast, explicit attention on CPU,
+largest images stay quick) under vitlab's defaults (bf16 autocast, or fp32 on a CPU without bf16 units; explicit attention on CPU,
 AdamW). Each point runs in a fresh process, so its peak memory (VmHWM) is its own:
   - step time per image;
   - attention's share of the step, measured: the same step with the attention product
@@ -54,7 +54,6 @@ def measure_point(img_size: int, batch: int, device_name: str) -> dict:
     dtype = autocast_dtype("auto", device)
     config = config_for(img_size)
     model = vit_module.ViT(config).to(device)
-    model.set_attention_kernel(device.type)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
@@ -159,7 +158,7 @@ def main() -> int:
         f"- Command: `python benchmarks/scaling.py{' --device cuda' if args.device == 'cuda' else ''}`",
         f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
         f"- Date: {today()}",
-        f"- Model: width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP ratio 2, patch {PATCH}, class token; bf16 autocast, AdamW; median step time.",
+        f"- Model: width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP ratio 2, patch {PATCH}, class token; {'bf16 autocast' if autocast_dtype('auto', torch.device(args.device)) else 'fp32 (no bf16 units)'}, AdamW; median step time.",
         f"- Finding: {where} this machine; the analytic FLOP share passes one half only at T = 2D + M = {2 * WIDTH + 2 * WIDTH} tokens.",
         "",
         f"## Tokens (image size) at batch {TOKEN_BATCH}",

@@ -7,7 +7,8 @@ repeated (median and spread):
     (indexing, augmentation, normalisation: "with data");
   - inference throughput at batch 256 and latency at batch 1 (median and p99);
   - the machine's limit: a large matrix product in fp32 and bf16 (GFLOP/s);
-  - model FLOP utilisation (MFU): achieved training FLOP/s over the bf16 matrix-product peak,
+  - model FLOP utilisation (MFU): achieved training FLOP/s over the matrix-product peak of the
+    dtype training runs in (bf16; fp32 on a CPU without bf16 units, where vitlab trains in fp32),
     with FLOPs counted analytically (vitlab.models.flops: 2 x multiply-accumulates of every
     matrix product; a training step is 3x the forward);
   - peak resident memory of a training loop, measured in a fresh subprocess per contender.
@@ -15,7 +16,8 @@ repeated (median and spread):
     python benchmarks/speed.py [--quick] [--configs mnist,w192,s16] [--device cuda]
 
 Hugging Face runs with both attention settings (eager and SDPA) and the ratio is taken against
-the faster; vitlab with its defaults (bf16 autocast; explicit attention on CPU, SDPA on CUDA),
+the faster; vitlab with its defaults (bf16 autocast where the device has bf16 units, else fp32;
+explicit attention on CPU, SDPA on CUDA),
 and as its own row through torch.compile (`train.compile: true`; on CUDA with CUDA graphs).
 Every contender gets the fused AdamW that vitlab's Trainer uses, and the whole process keeps
 freed memory for reuse as every vitlab command does (runtime.reuse_freed_memory; measured on
@@ -70,9 +72,10 @@ CUDA_INFER_BATCH = {"mnist": 256, "w192": 256, "s16": 256}
 
 def use_device(name: str) -> None:
     """Point the benchmark at a device: its batches, repeats and autocast dtype."""
-    global DEVICE, DTYPE
+    global DEVICE, DTYPE, PEAK_DTYPE
     DEVICE = torch.device(name)
     DTYPE = autocast_dtype("auto", DEVICE)
+    PEAK_DTYPE = DTYPE or torch.float32
     if DEVICE.type == "cuda":
         for key, (config, _) in CONFIGS.items():
             CONFIGS[key] = (config, CUDA_BATCH[key])
@@ -108,7 +111,6 @@ def hf_model(config: ModelConfig, attention: str = "eager") -> torch.nn.Module:
 
 def vitlab_model(config: ModelConfig) -> torch.nn.Module:
     model = ViT(config).to(DEVICE)
-    model.set_attention_kernel(DEVICE.type)
     model.logits = model.forward
     return model
 
@@ -241,14 +243,20 @@ def alternating_steps(fns: dict, steps: int) -> dict:
     return times
 
 
-def matmul_peak(dtype: torch.dtype, repeats: int = 10) -> float:
+def matmul_peak(dtype: torch.dtype, repeats: int = 10, size: int | None = None) -> float:
     """GFLOP/s of a large square matrix product: the machine's practical limit."""
-    size = 8192 if DEVICE.type == "cuda" else 2048
+    size = size or (8192 if DEVICE.type == "cuda" else 2048)
     a, b = (torch.randn(size, size, dtype=dtype, device=DEVICE) for _ in range(2))
     for _ in range(2):
         a @ b
     seconds = timed(lambda: a @ b, repeats)
     return 2 * size**3 / seconds / 1e9
+
+
+def emulated_bf16_peak_size() -> int | None:
+    """A smaller bf16 product for a CPU without bf16 units, which emulates them some 60x slower than
+    fp32 (a 2048^3 one would take a minute there); None where bf16 is native."""
+    return 1024 if DEVICE.type == "cpu" and DTYPE is None else None
 
 
 def cuda_peak_memory_mb(model: torch.nn.Module, config: ModelConfig, batch: int, steps: int) -> float:
@@ -282,6 +290,9 @@ def peak_memory_mb(contender: str, config_name: str, steps: int) -> float:
 
 
 DTYPE = autocast_dtype("auto", DEVICE)
+# MFU is measured against the peak of the dtype training computes in: bf16 where the device has bf16
+# units, fp32 on a CPU without them (vitlab trains in fp32 there).
+PEAK_DTYPE = DTYPE or torch.float32
 
 
 def bench_config(name: str, rounds: int, steps: int) -> dict:
@@ -321,11 +332,10 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         exported = exported_onnx(models["vitlab"])
         infer["vitlab-onnx"] = {"batch256": [], "latency": []}
     cuda = DEVICE.type == "cuda"
-    peak_dtype = torch.bfloat16 if DTYPE is None else DTYPE
     peaks: list[float] = []
     step_times: list[dict[str, list[float]]] = []  # per round: each contender's model-only steps
     for _ in range(rounds):  # interleave contenders in every round, and the machine's limit with them
-        peaks.append(matmul_peak(peak_dtype))
+        peaks.append(matmul_peak(PEAK_DTYPE))
         big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
         # Both kinds of step of every contender in one alternation: the data cost pairs its steps too.
         times = alternating_steps({(c, kind): fn for c in models for kind, fn in fns[c].items()}, steps)
@@ -374,7 +384,12 @@ def main() -> int:
     args = parser.parse_args()
     use_device(args.device)
     reuse_freed_memory()  # as every vitlab command does; the Hugging Face rows share the process and the setting
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks = {
+        "fp32": matmul_peak(torch.float32),
+        "bf16": matmul_peak(
+            torch.bfloat16, repeats=1 if emulated_bf16_peak_size() else 10, size=emulated_bf16_peak_size()
+        ),
+    }
     print(f"matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     results = []
     for name in args.configs.split(","):
@@ -398,11 +413,14 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
     cuda = DEVICE.type == "cuda"
     machine = f"{torch.cuda.get_device_name()} (CUDA), host {machine_line()}" if cuda else machine_line()
     size = 8192 if cuda else 2048
-    precision = (
-        f"Training, batched inference and batch-1 latency under {DTYPE} autocast"
-        if cuda
-        else f"Training and batched inference under {DTYPE} autocast; batch-1 latency in fp32 (faster than bf16 at that size here)"
-    )
+    if cuda:
+        precision = f"Training, batched inference and batch-1 latency under {DTYPE} autocast"
+    elif DTYPE is None:
+        precision = "Everything in fp32: this CPU has no bf16 units (vitlab's `auto` precision picks fp32 here)"
+    else:
+        precision = f"Training and batched inference under {DTYPE} autocast; batch-1 latency in fp32 (faster than bf16 at that size here)"
+    bf16_size = emulated_bf16_peak_size() or size
+    peak_name = "bf16" if PEAK_DTYPE is torch.bfloat16 else "fp32"
     memory = "peak CUDA memory (MB)" if cuda else "peak RSS (MB)"
     lines = [
         f"# Speed on {'CUDA' if cuda else 'CPU'}: vitlab against Hugging Face ViT, and against the machine",
@@ -410,8 +428,10 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         f"- Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip() + "",
         f"- Machine: {machine}, {torch.get_num_threads()} threads",
         f"- Date: {today()}",
-        f"- {precision}; matrix-product peak ({size}^3) at the start: fp32 {peaks['fp32']:,.0f} GFLOP/s, bf16 {peaks['bf16']:,.0f} GFLOP/s",
-        "- Contenders train in turn, one step each, model-only and with-data steps alike (order reversed every other step). The ratio pairs each step with the step of the faster Hugging Face setting taken next to it; MFU pairs each round with the bf16 peak measured again in it; medians within a round, then over rounds. Peaks in these rounds: "
+        f"- {precision}; matrix-product peak at the start: fp32 {peaks['fp32']:,.0f} GFLOP/s ({size}^3), bf16 {peaks['bf16']:,.0f} GFLOP/s ({bf16_size}^3)",
+        "- Contenders train in turn, one step each, model-only and with-data steps alike (order reversed every other step). The ratio pairs each step with the step of the faster Hugging Face setting taken next to it; MFU pairs each round with the "
+        + peak_name
+        + " peak measured again in it; medians within a round, then over rounds. Peaks in these rounds: "
         + ", ".join(
             f"{res['config']} {res['peak_gflops']['median']:,.0f} ±{res['peak_gflops']['spread']:.0%}"
             for res in results
@@ -422,7 +442,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         "- vitlab-compiled: the same model through torch.compile, as `train.compile: true` runs it"
         + (" (mode reduce-overhead: CUDA graphs)." if cuda else " (inductor's C++ kernels; compile time not counted)."),
         "",
-        f"| config | contender | train img/s (model only) | train img/s (with data) | data cost | ratio vs HF best | MFU (bf16 peak) | infer img/s (batch) | latency b=1 median / p99 (ms) | {memory} |",
+        f"| config | contender | train img/s (model only) | train img/s (with data) | data cost | ratio vs HF best | MFU ({peak_name} peak) | infer img/s (batch) | latency b=1 median / p99 (ms) | {memory} |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for res in results:

@@ -232,7 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"the model has {config.num_classes} classes but {name} has {len(data.class_names)}")
     configure_cpu()
     device = resolve_device(args.device)
-    model.to(device).set_attention_kernel(device.type)
+    model.to(device)
     scores = evaluate(
         model,
         data.test.images,

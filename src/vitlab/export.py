@@ -88,7 +88,7 @@ def export_onnx(model: nn.Module, metadata: dict[str, Any], path: Path, dynamic_
     _require("onnxscript")
     ort = _require("onnxruntime")
     model = model.float().eval()
-    model.set_attention_kernel("cpu")
+    model.set_attention_kernel("manual")  # the explicit path exports to plain ONNX operators
     example = _example(model, 2 if dynamic_batch else 1)
     with _temporary_beside(path) as tmp:
         options: dict[str, Any] = {"input_names": ["images"], "output_names": ["logits"], "dynamo": True}
@@ -119,7 +119,7 @@ def export_onnx(model: nn.Module, metadata: dict[str, Any], path: Path, dynamic_
 def export_torchscript(model: nn.Module, path: Path, dynamic_batch: bool) -> ExportResult:
     """Trace the model to TorchScript and check the traced module against eager PyTorch."""
     model = model.float().eval()
-    model.set_attention_kernel("cpu")
+    model.set_attention_kernel("manual")
     with _temporary_beside(path) as tmp, torch.no_grad():
         with _quiet_exporters():
             traced = torch.jit.trace(model, _example(model, 2))

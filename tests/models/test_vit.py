@@ -33,14 +33,14 @@ def reference_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, num_heads):
     return out
 
 
-@pytest.mark.parametrize("use_fused_kernel", [False, True])
-def test_self_attention_matches_float64_reference(use_fused_kernel):
+@pytest.mark.parametrize("kernel", ["manual", "sdpa"])
+def test_self_attention_matches_float64_reference(kernel):
     torch.manual_seed(0)
     config = tiny_config(embed_dim=12, num_heads=3)
     layer = SelfAttention(config).double()
     for param in layer.parameters():
         torch.nn.init.normal_(param, std=0.5)
-    layer.use_fused_kernel = use_fused_kernel
+    layer.kernel = kernel
     x = torch.randn(2, 5, 12, dtype=torch.float64)
     expected = reference_self_attention(
         x, layer.qkv.weight, layer.qkv.bias, layer.proj.weight, layer.proj.bias, num_heads=3
@@ -52,7 +52,7 @@ def test_self_attention_matches_float64_reference(use_fused_kernel):
 def test_attention_weights_are_a_softmax_over_keys():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 4, 8) for _ in range(3))
-    out, weights = attend(q, k, v, use_fused_kernel=False, need_weights=True)
+    out, weights = attend(q, k, v, kernel="manual", need_weights=True)
     assert weights.shape == (2, 3, 4, 4)
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 3, 4))
     torch.testing.assert_close(out, weights @ v)
@@ -73,8 +73,8 @@ def test_explicit_attention_in_bf16_is_as_exact_as_an_fp32_softmax(tokens):
     inputs16 = [t.detach().bfloat16().requires_grad_() for t in inputs32]
     inputs_fp32_softmax = [t.detach().bfloat16().requires_grad_() for t in inputs32]
     upstream = torch.randn(4, 3, tokens, 16)
-    out32, _ = attend(*inputs32, use_fused_kernel=False)
-    out16, _ = attend(*inputs16, use_fused_kernel=False)
+    out32, _ = attend(*inputs32, kernel="manual")
+    out16, _ = attend(*inputs16, kernel="manual")
     out_fp32_softmax = _bf16_attention_with_fp32_softmax(*inputs_fp32_softmax)
     assert out16.dtype == torch.bfloat16
     for out, upstream_grad in (
@@ -163,12 +163,12 @@ def test_intermediates_match_the_plain_forward(pool):
     torch.testing.assert_close(out["logits"], model.forward_head(model.pool(tokens)))
 
 
-@pytest.mark.parametrize("use_fused_kernel", [False, True])
-def test_class_token_only_last_block_gives_the_same_logits_and_gradients(use_fused_kernel):
+@pytest.mark.parametrize("kernel", ["manual", "sdpa"])
+def test_class_token_only_last_block_gives_the_same_logits_and_gradients(kernel):
     torch.manual_seed(0)
     # float64, so that the two orders of summation agree to the default tolerance; no dropout.
     model = ViT(tiny_config(pool="cls", depth=3)).double().train()
-    model.set_attention_kernel("cuda" if use_fused_kernel else "cpu")
+    model.set_attention_kernel(kernel)
     torch.nn.init.normal_(model.head.weight)
     images = torch.randn(4, 1, 28, 28, dtype=torch.float64)
     assert model.forward_features(images, class_token_only=True).shape == (4, 1, 32)
@@ -227,13 +227,56 @@ def test_fused_and_explicit_attention_kernels_agree():
     model = ViT(tiny_config(pool="map")).eval()
     torch.nn.init.normal_(model.head.weight)
     images = torch.randn(4, 1, 28, 28)
-    model.set_attention_kernel("cpu")
+    model.set_attention_kernel("manual")
     explicit = model(images)
-    model.set_attention_kernel("cuda")  # 'auto' on CUDA selects the fused kernel
-    assert all(block.attn.use_fused_kernel for block in model.blocks)
+    model.set_attention_kernel("sdpa")
     torch.testing.assert_close(model(images), explicit, rtol=1e-5, atol=1e-5)
     # Asking for intermediates still yields attention weights while the fused kernel is selected.
     assert model(images, return_intermediates=True)["attention_0"].shape == (4, 4, 16, 16)
+
+
+def count_fused_calls(monkeypatch) -> list[int]:
+    """Count calls of PyTorch's fused attention kernel from here on (one list entry per call)."""
+    calls: list[int] = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def test_auto_attention_on_cpu_is_fused_in_fp32_but_not_for_short_training_rows_nor_bf16(monkeypatch):
+    calls = count_fused_calls(monkeypatch)
+    short = ViT(tiny_config(pool="map", depth=2)).train()  # 16 patch tokens; two blocks and the attention pool
+    long = ViT(tiny_config(pool="map", depth=2, img_size=56))  # 64 patch tokens
+    images, large_images = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 56, 56)
+    with torch.no_grad():  # inference in fp32: fused at any length
+        short(images)
+    assert len(calls) == 3
+    short(images).sum().backward()  # training on rows shorter than FUSED_FP32_TRAINING_MIN_TOKENS
+    assert len(calls) == 3
+    long(large_images).sum().backward()
+    assert len(calls) == 6
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the fused kernel's bf16 backward is slow on CPU
+        long(large_images).float().sum().backward()
+        with torch.no_grad():
+            long(large_images)
+    assert len(calls) == 6
+    short.set_attention_kernel("sdpa")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        short(images)
+    assert len(calls) == 9
+    long.set_attention_kernel("manual")
+    with torch.no_grad():
+        long(large_images)
+    assert len(calls) == 9
+    with torch.no_grad():
+        long.set_attention_kernel("auto")
+        long(large_images, return_intermediates=True)  # attention weights need the explicit path
+    assert len(calls) == 9
 
 
 def test_predict_proba_is_a_distribution():

@@ -125,7 +125,6 @@ class Trainer:
         self.class_names = data.class_names
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model).to(self.device)
-        self.model.set_attention_kernel(self.device.type)
         if config.train.init_from and not resuming:  # a resume restores its own weights
             self.start_from_pretrained(config.train.init_from)
         freeze_until(self.model, config.train.freeze_until)

@@ -60,7 +60,7 @@ class ResNet(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def set_attention_kernel(self, device_type: str) -> None:
+    def set_attention_kernel(self, kernel: str) -> None:
         """A CNN has no attention; present so the engine treats every model alike."""
 
     def no_weight_decay(self) -> set[str]:
