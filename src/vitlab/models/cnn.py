@@ -61,7 +61,7 @@ class ResNet(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def set_attention_kernel(self, kernel: str) -> None:
-        """A CNN has no attention; present so the engine treats every model alike."""
+        """A CNN has no attention; present so that export treats every model alike."""
 
     def no_weight_decay(self) -> set[str]:
         """No parameters beyond biases and norms are exempt from decay."""
