@@ -1,8 +1,9 @@
 """Scaling: how a training step's time and memory grow with tokens (image size) and batch size.
 
 A width-192, depth-4 ViT with patch 4 (the w192 family of the speed benchmark, shallower so the
-largest images stay quick) under vitlab's defaults (bf16 autocast, or fp32 on a CPU without bf16 units; explicit attention on CPU,
-AdamW). Each point runs in a fresh process, so its peak memory (VmHWM) is its own:
+largest images stay quick) under vitlab's defaults (bf16 autocast, or fp32 on a CPU without bf16
+units; the attention kernel `model.attention=auto` picks; AdamW). Each point runs in a fresh
+process, so its peak memory (VmHWM) is its own:
   - step time per image;
   - attention's share of the step, measured: the same step with the attention product
     softmax(QK^T/sqrt(d))V replaced by V (the projections stay), compared with the full step;

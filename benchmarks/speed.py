@@ -17,8 +17,8 @@ repeated (median and spread):
 
 Hugging Face runs with both attention settings (eager and SDPA) and the ratio is taken against
 the faster; vitlab with its defaults (bf16 autocast where the device has bf16 units, else fp32;
-explicit attention on CPU, SDPA on CUDA),
-and as its own row through torch.compile (`train.compile: true`; on CUDA with CUDA graphs).
+the attention kernel `model.attention=auto` picks: SDPA on CUDA, on CPU explicit under bf16 and
+SDPA in fp32 except for training on short rows), and as its own row through torch.compile (`train.compile: true`; on CUDA with CUDA graphs).
 Every contender gets the fused AdamW that vitlab's Trainer uses, and the whole process keeps
 freed memory for reuse as every vitlab command does (runtime.reuse_freed_memory; measured on
 its own by cpu_choices.py). On CUDA the batches are larger (a GPU idles on CPU-sized batches),
