@@ -18,7 +18,8 @@ repeated (median and spread):
 Hugging Face runs with both attention settings (eager and SDPA) and the ratio is taken against
 the faster; vitlab with its defaults (bf16 autocast where the device has bf16 units, else fp32;
 the attention kernel `model.attention=auto` picks: SDPA on CUDA, on CPU explicit under bf16 and
-SDPA in fp32 except for training on short rows), and as its own row through torch.compile (`train.compile: true`; on CUDA with CUDA graphs).
+SDPA in fp32 except for training on short rows), and as its own row through torch.compile
+(`train.compile: true`; on CUDA with CUDA graphs).
 Every contender gets the fused AdamW that vitlab's Trainer uses, and the whole process keeps
 freed memory for reuse as every vitlab command does (runtime.reuse_freed_memory; measured on
 its own by cpu_choices.py). On CUDA the batches are larger (a GPU idles on CPU-sized batches),
@@ -72,10 +73,9 @@ CUDA_INFER_BATCH = {"mnist": 256, "w192": 256, "s16": 256}
 
 def use_device(name: str) -> None:
     """Point the benchmark at a device: its batches, repeats and autocast dtype."""
-    global DEVICE, DTYPE, PEAK_DTYPE
+    global DEVICE, DTYPE
     DEVICE = torch.device(name)
     DTYPE = autocast_dtype("auto", DEVICE)
-    PEAK_DTYPE = DTYPE or torch.float32
     if DEVICE.type == "cuda":
         for key, (config, _) in CONFIGS.items():
             CONFIGS[key] = (config, CUDA_BATCH[key])
@@ -290,9 +290,12 @@ def peak_memory_mb(contender: str, config_name: str, steps: int) -> float:
 
 
 DTYPE = autocast_dtype("auto", DEVICE)
-# MFU is measured against the peak of the dtype training computes in: bf16 where the device has bf16
-# units, fp32 on a CPU without them (vitlab trains in fp32 there).
-PEAK_DTYPE = DTYPE or torch.float32
+
+
+def peak_dtype() -> torch.dtype:
+    """The dtype whose matrix-product peak MFU is measured against: the one training computes in
+    (bf16 where the device has bf16 units, fp32 on a CPU without them)."""
+    return DTYPE or torch.float32
 
 
 def bench_config(name: str, rounds: int, steps: int) -> dict:
@@ -335,7 +338,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     peaks: list[float] = []
     step_times: list[dict[str, list[float]]] = []  # per round: each contender's model-only steps
     for _ in range(rounds):  # interleave contenders in every round, and the machine's limit with them
-        peaks.append(matmul_peak(PEAK_DTYPE))
+        peaks.append(matmul_peak(peak_dtype()))
         big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
         # Both kinds of step of every contender in one alternation: the data cost pairs its steps too.
         times = alternating_steps({(c, kind): fn for c in models for kind, fn in fns[c].items()}, steps)
@@ -384,11 +387,10 @@ def main() -> int:
     args = parser.parse_args()
     use_device(args.device)
     reuse_freed_memory()  # as every vitlab command does; the Hugging Face rows share the process and the setting
+    emulated_size = emulated_bf16_peak_size()
     peaks = {
         "fp32": matmul_peak(torch.float32),
-        "bf16": matmul_peak(
-            torch.bfloat16, repeats=1 if emulated_bf16_peak_size() else 10, size=emulated_bf16_peak_size()
-        ),
+        "bf16": matmul_peak(torch.bfloat16, repeats=1 if emulated_size else 10, size=emulated_size),
     }
     print(f"matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     results = []
@@ -425,7 +427,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
     else:
         precision = f"Training and batched inference under {DTYPE} autocast; batch-1 latency in fp32 (faster than bf16 at that size here)"
     bf16_size = emulated_bf16_peak_size() or size
-    peak_name = "bf16" if PEAK_DTYPE is torch.bfloat16 else "fp32"
+    peak_name = "bf16" if peak_dtype() is torch.bfloat16 else "fp32"
     memory = "peak CUDA memory (MB)" if cuda else "peak RSS (MB)"
     lines = [
         f"# Speed on {'CUDA' if cuda else 'CPU'}: vitlab against Hugging Face ViT, and against the machine",

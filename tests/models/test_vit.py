@@ -273,8 +273,8 @@ def test_auto_attention_on_cpu_is_fused_in_fp32_but_not_for_short_training_rows_
     with torch.no_grad():
         long(large_images)
     assert len(calls) == 9
+    long.set_attention_kernel("auto")
     with torch.no_grad():
-        long.set_attention_kernel("auto")
         long(large_images, return_intermediates=True)  # attention weights need the explicit path
     assert len(calls) == 9
 
