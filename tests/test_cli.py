@@ -1,8 +1,12 @@
 """The command line end to end, through subprocesses, as a user runs it."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +286,38 @@ def test_an_error_inside_the_nproc_workers_is_printed_once_without_torchruns_rep
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
     result = vitlab("train", "--dataset", junk, "--nproc", 2, "--out", tmp_path / "run", check=False)
     _assert_clean_error(result, "could be read")
+
+
+def _child_with_rank(parent: int, rank: int, timeout: float = 60.0) -> int:
+    """The pid of the child process of `parent` whose environment holds RANK=rank (read from /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:  # gone, or not ours to read
+                continue
+            parent_pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+            if parent_pid == parent and f"RANK={rank}".encode() in environ:
+                return int(pid)
+        time.sleep(0.2)
+    raise AssertionError(f"no process of rank {rank} started under {parent}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the worker through /proc")
+def test_a_worker_killed_by_a_signal_is_named_by_the_launcher(tmp_path):
+    # As when the kernel's out-of-memory killer ends a worker: the launcher says which and how.
+    args = ["train", "--nproc", 2, "--epochs", 50, "--out", tmp_path / "run", "--quiet", *QUICK]
+    launcher = subprocess.Popen([sys.executable, "-m", "vitlab", *map(str, args)], stderr=subprocess.PIPE, text=True)
+    try:
+        worker = _child_with_rank(launcher.pid, rank=1)
+        time.sleep(2)  # into training
+        os.kill(worker, signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 2
+    assert stderr.strip().splitlines()[-1] == (
+        "vitlab: error: training process 1 failed (killed by SIGKILL); its output is above"
+    )

@@ -195,9 +195,24 @@ def launch_processes(args: argparse.Namespace) -> int:
             messages = sorted({path.read_text() for path in Path(errors).glob("rank*.txt")})
             if messages:
                 raise VitlabError("; ".join(messages)) from None
-            codes = sorted({info.exitcode for info in failure.failures.values()})
-            raise VitlabError(f"a training process failed (exit code {codes[0]}); its output is above") from None
+            # The first failure is the cause; torchrun then stops the other processes with SIGTERM.
+            rank, first = failure.get_first_failure()
+            raise VitlabError(
+                f"training process {rank} failed ({describe_exit(first.exitcode)}); its output is above"
+            ) from None
     return 0
+
+
+def describe_exit(code: int) -> str:
+    """'exit code 3', or for a process a signal ended, 'killed by SIGABRT'."""
+    import signal
+
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def _report_error(message: str) -> None:

@@ -114,6 +114,12 @@ def barrier(world: World) -> None:
 
 
 def shutdown(world: World) -> None:
-    """Leave the process group."""
+    """Leave the process group once every rank is done with it.
+
+    Without the barrier a rank that finishes first (every rank but the main one, which still writes
+    checkpoints) tore its group down and exited while the main rank's group was alive, and about one
+    such exit in ten aborted in gloo's teardown ("terminate called without an active exception").
+    """
     if world.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
