@@ -10,6 +10,11 @@
    forward and forward + backward, for rows of 17 to 197 tokens (`models.vit.softmax_rows`);
    skipped on a CPU without bf16 units, where vitlab never computes in bf16.
 3. AdamW: the foreach implementation against the fused one, the optimiser step alone.
+4. Attention kernel: PyTorch's fused `scaled_dot_product_attention` against the explicit
+   softmax(QK^T/sqrt(d))V of `models.vit.attend`, the same model forced to each through
+   `set_attention_kernel`: training steps at 17 to 101 tokens (the MNIST model's width and depth,
+   other image and patch sizes) and on the width-192 and ViT-S/16 models, inference at batch 256
+   and batch 1; what `model.attention=auto` picks beside each (`fused_kernel_pays`).
 
 Results go to benchmarks/results/cpu_choices.md.
 """
@@ -17,21 +22,28 @@ Results go to benchmarks/results/cpu_choices.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
 import subprocess
 import sys
+from unittest import mock
 
 import torch
 
 import speed
 from common import RESULTS, machine_line, peak_rss_mb, today
 from vitlab.engine.runtime import autocast, reuse_freed_memory
+from vitlab.models.registry import model_config
 from vitlab.models.vit import BF16_SOFTMAX_MIN_TOKENS, ViT
 
 ALLOCATOR_CONFIGS = ("mnist", "w192")
 SOFTMAX_TOKENS = (17, 24, 31, 32, 40, 50, 65, 100, 197)
+# The MNIST model's width and depth at other token counts: (image side, patch) -> 1 + (side / patch)^2.
+KERNEL_TOKEN_SWEEP = ((28, 7), (20, 4), (24, 4), (28, 4), (32, 4), (36, 4), (40, 4))
+# The w192 model (head size 64, against the MNIST model's 16) at its own and fewer tokens, and ViT-S/16.
+KERNEL_W192_SIDES = (24, 28, 32)
 
 
 def allocator_child(config_name: str, reuse: bool, task: str) -> dict:
@@ -155,6 +167,93 @@ def adamw_rows(rounds: int) -> list[str]:
     return rows
 
 
+def kernel_pair(config) -> dict[str, torch.nn.Module]:
+    """The same weights twice, one copy forced onto each attention kernel."""
+    explicit = speed.vitlab_model(config)
+    fused = speed.vitlab_model(config)
+    fused.load_state_dict(explicit.state_dict())
+    explicit.set_attention_kernel("manual")
+    fused.set_attention_kernel("sdpa")
+    return {"explicit": explicit, "fused": fused}
+
+
+def auto_picks(config, batch: int, training: bool) -> str:
+    """The kernel `model.attention=auto` took in one forward pass of this model and batch size, in
+    vitlab's dtype on this CPU: the fused kernel's calls counted, every block's or none ('mixed' else)."""
+    model = ViT(config).train(training)
+    images = torch.randn(batch, config.in_channels, config.img_size, config.img_size)
+    fused = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    patched = mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", counting)
+    with patched, torch.set_grad_enabled(training), autocast(speed.DEVICE, speed.DTYPE):
+        model(images)
+    return {0: "explicit", config.depth: "fused"}.get(len(calls), "mixed")
+
+
+def kernel_training_row(label: str, config, batch: int, steps: int) -> str:
+    """Training steps of the two kernels alternated step by step (speed.alternating_steps): ms per step."""
+    steps_of = {
+        name: speed.train_step_fn(model, config, batch, False, speed.DTYPE)
+        for name, model in kernel_pair(config).items()
+    }
+    for step in steps_of.values():
+        step()
+    times = speed.alternating_steps(steps_of, steps)
+    ratios = sorted(e / f for e, f in zip(times["explicit"], times["fused"]))  # each step against its partner
+    explicit, fused = (1000 * statistics.median(times[name]) for name in ("explicit", "fused"))
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    row = (
+        f"| {label} | {config.num_patches + 1} | {config.embed_dim // config.num_heads} | {batch} | {explicit:.1f} | {fused:.1f} "
+        f"| {statistics.median(ratios):.3f}x ({quartiles[0]:.2f}-{quartiles[2]:.2f}) | {auto_picks(config, batch, True)} |"
+    )
+    print(row, flush=True)
+    return row
+
+
+def kernel_training_rows(quick: bool) -> list[str]:
+    rows = []
+    for side, patch in KERNEL_TOKEN_SWEEP:
+        config = model_config(speed.DEFAULT_PRESET, img_size=side, patch_size=patch)
+        rows.append(kernel_training_row(f"mnist width, {side}px / patch {patch}", config, 256, 10 if quick else 100))
+    w192, batch = speed.CONFIGS["w192"]
+    for side in KERNEL_W192_SIDES:
+        config = dataclasses.replace(w192, img_size=side)
+        rows.append(kernel_training_row(f"w192, {side}px / patch 4", config, batch, 2 if quick else 16))
+    s16, batch = speed.CONFIGS["s16"]
+    rows.append(kernel_training_row("ViT-S/16, 224px", s16, batch, 2 if quick else 6))
+    return rows
+
+
+def kernel_inference_rows(rounds: int) -> list[str]:
+    """Batch-256 throughput and batch-1 latency of the two kernels, interleaved round by round."""
+    rows = []
+    for name in ("mnist", "w192"):
+        config, _ = speed.CONFIGS[name]
+        models = kernel_pair(config)
+        batch = torch.randn(speed.INFER_BATCH[name], config.in_channels, config.img_size, config.img_size)
+        rates: dict[str, list[float]] = {kernel: [] for kernel in models}
+        latency: dict[str, list[float]] = {kernel: [] for kernel in models}
+        with torch.inference_mode(), autocast(speed.DEVICE, speed.DTYPE):
+            for _ in range(rounds):
+                for kernel, model in models.items():
+                    rates[kernel].append(speed.throughput(model.eval(), batch))
+                    latency[kernel].extend(speed.latencies(model, batch[:1]))
+        img_s = {kernel: statistics.median(values) for kernel, values in rates.items()}
+        ms = {kernel: 1000 * statistics.median(values) for kernel, values in latency.items()}
+        rows.append(
+            f"| {name} | {img_s['explicit']:,.0f} | {img_s['fused']:,.0f} | {img_s['fused'] / img_s['explicit']:.2f}x "
+            f"| {ms['explicit']:.3f} | {ms['fused']:.3f} | {ms['explicit'] / ms['fused']:.2f}x "
+            f"| {auto_picks(config, len(batch), False)} / {auto_picks(config, 1, False)} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round each: a smoke run")
@@ -165,6 +264,7 @@ def main() -> int:
         print(json.dumps(allocator_child(name, reuse == "1", task)))
         return 0
     torch.set_num_threads(2)
+    reuse_freed_memory()  # as every vitlab command does; the allocator section's children choose their own
     rounds = 1 if args.quick else 5
     lines = [
         "# CPU choices: each of vitlab's CPU settings against its alternative",
@@ -172,7 +272,8 @@ def main() -> int:
         f"- Command: `{' '.join(['python benchmarks/cpu_choices.py', *sys.argv[1:]])}`",
         f"- Machine: {machine_line()}, 2 threads",
         f"- Date: {today()}",
-        f"- Medians of {rounds} interleaved rounds; {'fp32' if speed.DTYPE is None else 'bf16 autocast'} as vitlab trains on this CPU.",
+        f"- Medians of {rounds} interleaved rounds; {'fp32' if speed.DTYPE is None else 'bf16 autocast'} as vitlab trains on this CPU;"
+        " freed memory kept for reuse (`runtime.reuse_freed_memory`) outside the allocator section.",
         "",
         "## Allocator: glibc's default against `runtime.reuse_freed_memory` (set by every vitlab command)",
         "",
@@ -193,6 +294,24 @@ def main() -> int:
         "| config | parameters | foreach | fused | fused speed-up |",
         "| --- | --- | --- | --- | --- |",
         *adamw_rows(rounds),
+        "",
+        "## Attention kernel: PyTorch's fused kernel against the explicit softmax(QK^T/sqrt(d))V",
+        "",
+        "The same weights in two models, one forced onto each kernel (`set_attention_kernel('manual' | 'sdpa')`),",
+        f"in {'fp32' if speed.DTYPE is None else 'bf16 autocast'}. Training: full AdamW steps on a ready batch, the two kernels",
+        "alternating step by step; speed-up = explicit / fused time of paired steps, median and interquartile",
+        "range. The sweep keeps the MNIST model's width and depth (64, 4 blocks, 4 heads) and changes the",
+        "image and patch size to change the number of tokens.",
+        "",
+        "| model | tokens | head size | batch | explicit ms/step | fused ms/step | fused speed-up (IQR) | auto picks |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *kernel_training_rows(args.quick),
+        "",
+        f"Inference without autograd: throughput at batch 256 and median batch-1 latency, {rounds} interleaved rounds.",
+        "",
+        "| config | explicit img/s | fused img/s | fused speed-up | explicit ms (b=1) | fused ms (b=1) | fused speed-up | auto picks (batch / 1) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *kernel_inference_rows(rounds),
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cpu_choices.md").write_text("\n".join(lines) + "\n")

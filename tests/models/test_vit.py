@@ -7,7 +7,14 @@ import torch
 from tests.helpers import tiny_config
 from vitlab.config import POOL_CHOICES, POSENC_CHOICES
 from vitlab.errors import ConfigError
-from vitlab.models.vit import SelfAttention, ViT, attend, linear_after_norm, softmax_rows
+from vitlab.models.vit import (
+    FUSED_FP32_MIN_KEYS_X_HEAD_DIM,
+    SelfAttention,
+    ViT,
+    attend,
+    linear_after_norm,
+    softmax_rows,
+)
 
 
 def reference_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, num_heads):
@@ -248,35 +255,42 @@ def count_fused_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def test_auto_attention_on_cpu_is_fused_in_fp32_but_not_for_short_training_rows_nor_bf16(monkeypatch):
+def test_auto_attention_on_cpu_in_fp32_is_fused_for_one_image_and_for_long_wide_heads_never_in_bf16(monkeypatch):
     calls = count_fused_calls(monkeypatch)
-    short = ViT(tiny_config(pool="map", depth=2)).train()  # 16 patch tokens; two blocks and the attention pool
-    long = ViT(tiny_config(pool="map", depth=2, img_size=56))  # 64 patch tokens
-    images, large_images = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 56, 56)
-    with torch.no_grad():  # inference in fp32: fused at any length
-        short(images)
+    # Two blocks and the attention pool: three attention calls a pass.
+    narrow = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=56))  # 65 keys x head size 8
+    wide = ViT(tiny_config(pool="map", embed_dim=256, num_heads=4, img_size=56))  # 65 keys x head size 64
+    one, batch = torch.randn(1, 1, 56, 56), torch.randn(4, 1, 56, 56)
+    assert 65 * 8 < FUSED_FP32_MIN_KEYS_X_HEAD_DIM <= 65 * 64
+    with torch.no_grad():
+        narrow(batch)
+    assert len(calls) == 0
+    narrow(batch).sum().backward()
+    assert len(calls) == 0
+    with torch.no_grad():
+        narrow(one)  # a single image: fewer ops is what counts
     assert len(calls) == 3
-    short(images).sum().backward()  # training on rows shorter than FUSED_FP32_TRAINING_MIN_TOKENS
-    assert len(calls) == 3
-    long(large_images).sum().backward()
-    assert len(calls) == 6
+    wide(batch).sum().backward()
+    with torch.no_grad():
+        wide(batch)
+    assert len(calls) == 9
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the fused kernel's bf16 backward is slow on CPU
-        long(large_images).float().sum().backward()
+        wide(batch).float().sum().backward()
         with torch.no_grad():
-            long(large_images)
-    assert len(calls) == 6
-    short.set_attention_kernel("sdpa")
+            wide(one)
+    assert len(calls) == 9
+    narrow.set_attention_kernel("sdpa")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        short(images)
-    assert len(calls) == 9
-    long.set_attention_kernel("manual")
+        narrow(batch)
+    assert len(calls) == 12
+    wide.set_attention_kernel("manual")
     with torch.no_grad():
-        long(large_images)
-    assert len(calls) == 9
-    long.set_attention_kernel("auto")
+        wide(one)
+    assert len(calls) == 12
+    wide.set_attention_kernel("auto")
     with torch.no_grad():
-        long(large_images, return_intermediates=True)  # attention weights need the explicit path
-    assert len(calls) == 9
+        wide(batch, return_intermediates=True)  # attention weights need the explicit path
+    assert len(calls) == 12
 
 
 def test_predict_proba_is_a_distribution():

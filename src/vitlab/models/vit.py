@@ -19,8 +19,8 @@ from vitlab.models.posenc import sincos_1d_table, sincos_2d_table
 Intermediates = dict[str, torch.Tensor]
 # Rows at least this long take PyTorch's bf16 softmax kernel; shorter ones are upcast (softmax_rows).
 BF16_SOFTMAX_MIN_TOKENS = 32
-# fp32 training on CPU takes the fused attention kernel from this many keys on (fused_kernel_pays).
-FUSED_FP32_TRAINING_MIN_TOKENS = 32
+# In fp32 on CPU, batches take the fused attention kernel once keys x head size reaches this (fused_kernel_pays).
+FUSED_FP32_MIN_KEYS_X_HEAD_DIM = 4096
 
 
 def attend(
@@ -51,18 +51,20 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether PyTorch's fused attention kernel is the faster path for these queries and keys.
 
     On GPUs it always is. On CPU never in bf16 (its bf16 backward there is several times slower than
-    the explicit path), and in fp32 except for training on short rows. Measured in fp32 on a 2-core
-    AMD EPYC without bf16 units, fused against explicit: inference 1.08x (batch 256) and 1.11x
-    (batch 1) on the default MNIST model (17 tokens), 1.05x / 1.10x on the width-192 one (65);
-    training steps 0.96x at 17 tokens, 1.00-1.04x at 65 and 1.03-1.04x at 197 (ViT-S/16). The
-    threshold sits between the two measured lengths.
+    the explicit path). In fp32 on CPU it pays for a single image, where fewer ops is what counts,
+    and for batches once each head's rows are long and wide: keys x head size of at least
+    FUSED_FP32_MIN_KEYS_X_HEAD_DIM. Measured in fp32 on a 2-core AMD EPYC without bf16 units
+    (benchmarks/cpu_choices.py, three runs), fused against explicit: batch-1 inference 1.06-1.16x on
+    the MNIST model (17 keys, head size 16) and 1.01-1.05x on the width-192 one (65 keys, head size
+    64); batch-256 inference 0.73-0.79x and 0.99-1.03x; training steps 0.76-0.93x at head size 16
+    from 17 to 82 keys (0.89-1.11x at 101), 0.94-0.98x at head size 64 with 37 and 50 keys,
+    0.99-1.05x with 65 and 1.09x on ViT-S/16 (197 keys).
     """
     if q.device.type != "cpu":
         return True
     if q.dtype != torch.float32:
         return False
-    training = torch.is_grad_enabled() and q.requires_grad
-    return not training or k.shape[-2] >= FUSED_FP32_TRAINING_MIN_TOKENS
+    return q.shape[0] == 1 or k.shape[-2] * k.shape[-1] >= FUSED_FP32_MIN_KEYS_X_HEAD_DIM
 
 
 def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
