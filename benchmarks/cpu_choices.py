@@ -234,14 +234,14 @@ def kernel_inference_rows(rounds: int) -> list[str]:
     rows = []
     for name in ("mnist", "w192"):
         config, _ = speed.CONFIGS[name]
-        models = kernel_pair(config)
+        models = {kernel: model.eval() for kernel, model in kernel_pair(config).items()}
         batch = torch.randn(speed.INFER_BATCH[name], config.in_channels, config.img_size, config.img_size)
         rates: dict[str, list[float]] = {kernel: [] for kernel in models}
         latency: dict[str, list[float]] = {kernel: [] for kernel in models}
         with torch.inference_mode(), autocast(speed.DEVICE, speed.DTYPE):
             for _ in range(rounds):
                 for kernel, model in models.items():
-                    rates[kernel].append(speed.throughput(model.eval(), batch))
+                    rates[kernel].append(speed.throughput(model, batch))
                     latency[kernel].extend(speed.latencies(model, batch[:1]))
         img_s = {kernel: statistics.median(values) for kernel, values in rates.items()}
         ms = {kernel: 1000 * statistics.median(values) for kernel, values in latency.items()}

@@ -18,8 +18,8 @@ repeated (median and spread):
 Hugging Face runs with both attention settings (eager and SDPA) and the ratio is taken against
 the faster; vitlab with its defaults (bf16 autocast where the device has bf16 units, else fp32;
 the attention kernel `model.attention=auto` picks: SDPA on CUDA, on CPU explicit under bf16 and
-in fp32 SDPA for one image and for long, wide heads: `models.vit.fused_kernel_pays`), and as its own row through torch.compile
-(`train.compile: true`; on CUDA with CUDA graphs).
+in fp32 SDPA for one image and for long, wide heads: `models.vit.fused_kernel_pays`), and as its
+own row through torch.compile (`train.compile: true`; on CUDA with CUDA graphs).
 Every contender gets the fused AdamW that vitlab's Trainer uses, and the whole process keeps
 freed memory for reuse as every vitlab command does (runtime.reuse_freed_memory; measured on
 its own by cpu_choices.py). On CUDA the batches are larger (a GPU idles on CPU-sized batches),
