@@ -172,6 +172,18 @@ def test_ctrl_c_during_training_keeps_finished_epochs_and_resume_completes(tmp_p
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == done + 1
 
 
+def test_a_run_stopped_before_its_first_epoch_ended_resumes_from_the_start(trained_run, tmp_path):
+    # Such a run left its config and no checkpoint; resuming it must give the run it would have been.
+    finished_dir, finished = trained_run
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text((finished_dir / "config.yaml").read_text())
+    summary = json.loads(vitlab("train", "--resume", run_dir, "--json", "--no-report").stdout)
+    assert summary["epochs"] == finished["epochs"]
+    assert summary["test_accuracy"] == finished["test_accuracy"]
+    assert summary["test_loss"] == pytest.approx(finished["test_loss"], rel=1e-5)
+
+
 def test_training_writes_a_report_and_report_rebuilds_it(trained_run):
     run_dir, summary = trained_run
     assert summary["report"] == str(run_dir / "report.md")
@@ -303,6 +315,63 @@ def _child_with_rank(parent: int, rank: int, timeout: float = 60.0) -> int:
                 return int(pid)
         time.sleep(0.2)
     raise AssertionError(f"no process of rank {rank} started under {parent}")
+
+
+def test_ctrl_c_under_nproc_says_once_how_to_resume(tmp_path):
+    # A terminal's Ctrl-C reaches the launcher's process group: the launcher, which is torchrun's agent
+    # and passes it on to the workers (torchrun starts each in a session of its own).
+    run_dir = tmp_path / "run"
+    args = ["train", "--nproc", 2, "--epochs", 50, "--out", run_dir, "--quiet", *QUICK]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "vitlab", *map(str, args)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, so that the signal below reaches it alone and not pytest
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "resume.safetensors").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(launcher.pid, signal.SIGINT)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[1:] == [
+        f"vitlab: interrupted; continue from the last finished epoch with: vitlab train --resume {run_dir} --nproc 2"
+    ], stderr
+    assert [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")] == []
+    assert json.loads(vitlab("info", run_dir, "--json").stdout)["epoch"] >= 1
+
+
+@pytest.mark.parametrize("nproc, seconds", [(1, 0.5), (2, 0.5), (2, 2.0), (2, 4.0)])
+def test_ctrl_c_while_a_run_starts_up_prints_one_line_and_no_traceback(tmp_path, nproc, seconds):
+    # Whatever start-up is doing at that moment (importing torch, starting workers, reading data).
+    run_dir = tmp_path / "run"
+    args = ["train", "--nproc", nproc, "--epochs", 50, "--out", run_dir, "--quiet", *QUICK]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitlab", *map(str, args)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        time.sleep(seconds)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    # 130, or an end by SIGINT, which a shell also shows as 130: CPython ends that way after printing our
+    # line when the interrupt passed through an exec() of source text (a dataclass being defined, say).
+    assert process.returncode in (130, -signal.SIGINT), stderr
+    assert "Traceback" not in stderr
+    said = [line for line in stderr.splitlines() if line.startswith("vitlab:")]
+    assert len(said) == 1 and said[0].startswith("vitlab: interrupted"), stderr
+    if "--resume" in said[0]:  # only offered for a run that has something to resume
+        assert (run_dir / "config.yaml").is_file()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the worker through /proc")

@@ -64,6 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.engine.distributed import barrier, init_process_group, shutdown, world_from_environment
     from vitlab.engine.runtime import resolve_device
     from vitlab.engine.train import EpochStats, Trainer, prepare_run_dir, trainer_for_resume
+    from vitlab.interrupts import stopped_by_ctrl_c
     from vitlab.report.progress import TrainingProgress
     from vitlab.report.tensorboard import TensorBoardLogger
 
@@ -111,11 +112,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = trainer.run(on_progress=bar.on_step if not quiet else None, on_epoch=on_epoch)
         if board is not None:
             board.close()
-    except KeyboardInterrupt:
-        print(
-            f"vitlab: interrupted; finished epochs are saved; continue with: vitlab train --resume {run_dir}",
-            file=sys.stderr,
-        )
+    except (KeyboardInterrupt, Exception) as exc:
+        if not stopped_by_ctrl_c(exc):
+            raise
+        if world.is_main and not launched_worker():
+            print(interrupted_message(run_dir), file=sys.stderr)
         return 130
     shutdown(world)
     if not world.is_main:
@@ -144,9 +145,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupted_message(run_dir: Path, nproc: int = 1) -> str:
+    """What a stopped run tells the user: how to continue it (from its last finished epoch, or from the start)."""
+    if not (run_dir / "config.yaml").is_file():
+        return "vitlab: interrupted before the run started; nothing was saved"
+    again = f"vitlab train --resume {run_dir}" + (f" --nproc {nproc}" if nproc > 1 else "")
+    return f"vitlab: interrupted; continue from the last finished epoch with: {again}"
+
+
 # Workers started by --nproc write their one-line error here instead of printing it, so that the
 # launcher prints it once (not once per process) and without torchrun's report of a failed worker.
+# A Ctrl-C reaches every worker too; the launcher alone says so.
 WORKER_ERRORS_VARIABLE = "VITLAB_WORKER_ERRORS"
+
+
+def launched_worker() -> bool:
+    """Whether this process is one of the training processes `--nproc` started."""
+    import os
+
+    return WORKER_ERRORS_VARIABLE in os.environ and "RANK" in os.environ
 
 
 def launch_processes(args: argparse.Namespace) -> int:
@@ -162,6 +179,7 @@ def launch_processes(args: argparse.Namespace) -> int:
 
     from vitlab.cores import available_cores
     from vitlab.engine.train import check_new_run_dir, saved_config_path
+    from vitlab.interrupts import interrupt_seen
 
     # What can be checked before the processes start is checked here, once.
     label = ""
@@ -177,19 +195,25 @@ def launch_processes(args: argparse.Namespace) -> int:
             index = argv.index(flag)
             del argv[index : index + 2]
         argv = [a for a in argv if not a.startswith(flag + "=")]
+    run_dir = Path(args.resume or args.out or _default_run_dir(label))
     if not args.out and not args.resume:  # every process must write to the same run directory
-        argv += ["--out", str(_default_run_dir(label))]
+        argv += ["--out", str(run_dir)]
     # Setting the thread count ourselves also keeps torchrun from printing its banner about it.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // args.nproc)))
-    # This process is torchrun's agent; its log repeats, as a traceback, what the workers print.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # This process is torchrun's agent; its log repeats, as a traceback, what the workers print. Each
+    # of its modules sets its own logger's level, so the parent's level alone does not quiet them.
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "vitlab", *argv])
+    if interrupt_seen():  # a Ctrl-C that an import above swallowed: processes started now would never get it
+        raise KeyboardInterrupt
     with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
         os.environ[WORKER_ERRORS_VARIABLE] = errors
         try:
             torchrun(launch)
-        except SignalException:
-            print("vitlab: interrupted", file=sys.stderr)
+        except (SignalException, KeyboardInterrupt):  # torchrun's handler once workers start; Python's before
+            print(interrupted_message(run_dir, args.nproc), file=sys.stderr)
             return 130
         except ChildFailedError as failure:
             messages = sorted({path.read_text() for path in Path(errors).glob("rank*.txt")})
@@ -219,10 +243,9 @@ def _report_error(message: str) -> None:
     """A user error: one line on stderr, or, in a worker of --nproc, a file for the launcher to print."""
     import os
 
-    errors = os.environ.get(WORKER_ERRORS_VARIABLE)
-    if errors and "RANK" in os.environ:
+    if launched_worker():
         try:
-            (Path(errors) / f"rank{os.environ['RANK']}.txt").write_text(message)
+            (Path(os.environ[WORKER_ERRORS_VARIABLE]) / f"rank{os.environ['RANK']}.txt").write_text(message)
             return
         except OSError:
             pass  # the launcher is gone: say it here
@@ -545,14 +568,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors print one line and exit 2."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may follow options (argparse stops filling a positional list at the first option).
-    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from vitlab.interrupts import interrupts_deferred, stopped_by_ctrl_c, take_interrupts
+
+    # A training process of --nproc stops on the spot; its launcher reports the interruption.
+    take_interrupts(die_at_once=launched_worker())
     try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may follow options (argparse stops filling a positional list at the first option).
+        if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # A Ctrl-C inside torch's import can abort the process from native code: take it once torch is in.
+        with interrupts_deferred():
+            import torch  # noqa: F401
         from vitlab.engine.runtime import reuse_freed_memory
 
         reuse_freed_memory()  # every command that computes reallocates the same tensor sizes over and over
@@ -560,12 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     except VitlabError as exc:
         _report_error(str(exc))
         return 2
-    except KeyboardInterrupt:
-        print("vitlab: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except (KeyboardInterrupt, Exception) as exc:
+        if not stopped_by_ctrl_c(exc):
+            raise
+        if not launched_worker():
+            print("vitlab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,13 +8,9 @@ about which weights belong to which config. Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +22,13 @@ from torch import nn
 
 from vitlab.config import ModelConfig, section_from_dict
 from vitlab.errors import CheckpointError, ConfigError
+from vitlab.interrupts import interrupts_deferred
 from vitlab.models.registry import build_model
 
 FORMAT = "vitlab-checkpoint"
 RESUME_FORMAT = "vitlab-resume"
 FORMAT_VERSION = 1
 METADATA_KEY = "vitlab"
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C / SIGTERM until the block ends (main thread only), so a write is never cut in half."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

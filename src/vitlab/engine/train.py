@@ -40,6 +40,7 @@ from vitlab.engine.finetune import adapt_state, freeze_until, layer_scale, load_
 from vitlab.engine.runtime import autocast, autocast_dtype, compiled, configure_cpu, resolve_device
 from vitlab.engine.schedule import warmup_cosine
 from vitlab.errors import CheckpointError, ConfigError
+from vitlab.interrupts import raise_swallowed_interrupt
 from vitlab.models.registry import build_model
 
 
@@ -289,6 +290,7 @@ class Trainer:
                 len(self.train_set), cfg.train.batch_size, shuffle=True, generator=generator, drop_last=True
             )
             for step_in_epoch, indices in enumerate(batches):
+                raise_swallowed_interrupt()
                 step = epoch * self.steps_per_epoch + step_in_epoch
                 elapsed = time.perf_counter() - started
                 if budget and sum_across([float(elapsed >= budget)], self.world)[0] > 0:
@@ -466,14 +468,17 @@ def saved_config_path(run_dir: Path) -> Path:
 
 
 def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:
-    """A Trainer that continues the run in run_dir from its last completed epoch."""
+    """A Trainer that continues the run in run_dir from its last completed epoch (or from the start)."""
     config_path = saved_config_path(run_dir)
     config = RunConfig.from_dict(load_yaml(config_path)).validate()
     if epochs is not None:
         config.train.epochs = epochs
         save_yaml(config, config_path)
-    trainer = Trainer(config, run_dir, resuming=True)
-    trainer.load_resume_state()
+    # A run stopped before its first epoch ended saved its config and nothing else: it starts again as it began.
+    started = (run_dir / "checkpoints").exists() or bool(read_metrics(run_dir))
+    trainer = Trainer(config, run_dir, resuming=started)
+    if started:
+        trainer.load_resume_state()
     # Lines written after the resume point belong to an epoch that will be trained again.
     kept = [s for s in read_metrics(run_dir) if s.epoch <= trainer.start_epoch]
     if trainer.world.is_main:

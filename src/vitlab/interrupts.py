@@ -1,0 +1,66 @@
+"""Ctrl-C and SIGTERM: writes they cannot cut in half, and an interruption reported as one.
+
+Imports nothing heavy, so that the command line can set this up before torch loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import NoReturn
+
+_seen = False
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM until the block ends (main thread only), so a write is never cut in half."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _remembered_interrupt(signum: int, frame: object) -> NoReturn:
+    global _seen
+    _seen = True
+    raise KeyboardInterrupt
+
+
+def take_interrupts(die_at_once: bool = False) -> None:
+    """Install this process's Ctrl-C handling (main thread; not where a shell set Ctrl-C to be ignored).
+
+    By default Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is remembered: one that
+    lands inside an import can be swallowed there and leave a half-loaded module behind (numpy, say),
+    whose next use fails with some other error; see `stopped_by_ctrl_c`. With `die_at_once` the process
+    ends on the spot instead, even inside a blocking native call where a Python handler would never run
+    (a training process of --nproc waiting on a peer that already stopped); writes stay whole because
+    they hold the signal (interrupts_deferred).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if die_at_once else _remembered_interrupt)
+
+
+def interrupt_seen() -> bool:
+    """Whether a Ctrl-C reached this process since take_interrupts, even one that an import swallowed."""
+    return _seen
+
+
+def raise_swallowed_interrupt() -> None:
+    """Raise KeyboardInterrupt for a Ctrl-C that did not stop the process where it landed (in an import's
+    clean-up, say, where Python prints "Exception ignored" and carries on); long loops call this."""
+    if _seen:
+        raise KeyboardInterrupt
+
+
+def stopped_by_ctrl_c(exc: BaseException) -> bool:
+    """Whether this exception is, or followed, a Ctrl-C (then it is reported as the interruption it is)."""
+    return isinstance(exc, KeyboardInterrupt) or _seen
