@@ -12,9 +12,10 @@
 3. AdamW: the foreach implementation against the fused one, the optimiser step alone.
 4. Attention kernel: PyTorch's fused `scaled_dot_product_attention` against the explicit
    softmax(QK^T/sqrt(d))V of `models.vit.attend`, the same model forced to each through
-   `set_attention_kernel`: training steps at 17 to 101 tokens (the MNIST model's width and depth,
-   other image and patch sizes) and on the width-192 and ViT-S/16 models, inference at batch 256
-   and batch 1; what `model.attention=auto` picks beside each (`fused_kernel_pays`).
+   `set_attention_kernel`: training steps at 17 to 197 tokens (the MNIST model's width and depth,
+   other image and patch sizes), on the width-192 model (also with 6 heads: head size 32) and on
+   ViT-S/16, inference at batch 256 and batch 1; what `model.attention=auto` picks beside each
+   (`fused_kernel_pays`).
 
 Results go to benchmarks/results/cpu_choices.md.
 """
@@ -44,6 +45,10 @@ SOFTMAX_TOKENS = (17, 24, 31, 32, 40, 50, 65, 100, 197)
 KERNEL_TOKEN_SWEEP = ((28, 7), (20, 4), (24, 4), (28, 4), (32, 4), (36, 4), (40, 4))
 # The w192 model (head size 64, against the MNIST model's 16) at its own and fewer tokens, and ViT-S/16.
 KERNEL_W192_SIDES = (24, 28, 32)
+# Past the fp32 rule's line at 112 keys (vit.FUSED_FP32_MIN_KEYS), with fewer steps (longer ones): the MNIST
+# width at 122, 145 and 197 keys, and head size 32 (w192 with 6 heads) at 101 and 145 keys.
+KERNEL_LONG_SIDES = (44, 48, 56)
+KERNEL_HEAD32_SIDES = (40, 48)
 
 
 def allocator_child(config_name: str, reuse: bool, task: str) -> dict:
@@ -220,10 +225,16 @@ def kernel_training_rows(quick: bool) -> list[str]:
     for side, patch in KERNEL_TOKEN_SWEEP:
         config = model_config(speed.DEFAULT_PRESET, img_size=side, patch_size=patch)
         rows.append(kernel_training_row(f"mnist width, {side}px / patch {patch}", config, 256, 10 if quick else 100))
+    for side in KERNEL_LONG_SIDES:
+        config = model_config(speed.DEFAULT_PRESET, img_size=side, patch_size=4)
+        rows.append(kernel_training_row(f"mnist width, {side}px / patch 4", config, 256, 2 if quick else 16))
     w192, batch = speed.CONFIGS["w192"]
     for side in KERNEL_W192_SIDES:
         config = dataclasses.replace(w192, img_size=side)
         rows.append(kernel_training_row(f"w192, {side}px / patch 4", config, batch, 2 if quick else 16))
+    for side in KERNEL_HEAD32_SIDES:
+        config = dataclasses.replace(w192, img_size=side, num_heads=6)
+        rows.append(kernel_training_row(f"w192, 6 heads, {side}px / patch 4", config, batch, 2 if quick else 8))
     s16, batch = speed.CONFIGS["s16"]
     rows.append(kernel_training_row("ViT-S/16, 224px", s16, batch, 2 if quick else 6))
     return rows
@@ -301,7 +312,8 @@ def main() -> int:
         f"in {'fp32' if speed.DTYPE is None else 'bf16 autocast'}. Training: full AdamW steps on a ready batch, the two kernels",
         "alternating step by step; speed-up = explicit / fused time of paired steps, median and interquartile",
         "range. The sweep keeps the MNIST model's width and depth (64, 4 blocks, 4 heads) and changes the",
-        "image and patch size to change the number of tokens; the w192 model (head size 64) runs at 24, 28 and 32 px.",
+        "image and patch size to change the number of tokens (16 steps from 122 tokens on, 100 below); the w192",
+        "model (head size 64) runs at 24, 28 and 32 px, and with 6 heads (head size 32) at 40 and 48 px (8 steps).",
         "",
         "| model | tokens | head size | batch | explicit ms/step | fused ms/step | fused speed-up (IQR) | auto picks |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

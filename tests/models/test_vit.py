@@ -8,6 +8,7 @@ from tests.helpers import tiny_config
 from vitlab.config import POOL_CHOICES, POSENC_CHOICES
 from vitlab.errors import ConfigError
 from vitlab.models.vit import (
+    FUSED_FP32_MIN_KEYS,
     FUSED_FP32_MIN_KEYS_X_HEAD_DIM,
     SelfAttention,
     ViT,
@@ -255,18 +256,22 @@ def count_fused_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def test_auto_attention_on_cpu_in_fp32_is_fused_for_one_image_and_for_long_wide_heads_never_in_bf16(monkeypatch):
+def test_auto_attention_on_cpu_in_fp32_is_fused_for_one_image_long_rows_and_wide_heads_never_in_bf16(monkeypatch):
     calls = count_fused_calls(monkeypatch)
     # Two blocks and the attention pool: three attention calls a pass.
     narrow = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=56))  # 65 keys x head size 8
     wide = ViT(tiny_config(pool="map", embed_dim=256, num_heads=4, img_size=56))  # 65 keys x head size 64
+    long = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=84))  # 145 keys x head size 8
     one, batch = torch.randn(1, 1, 56, 56), torch.randn(4, 1, 56, 56)
-    assert 65 * 8 < FUSED_FP32_MIN_KEYS_X_HEAD_DIM <= 65 * 64
+    assert 65 * 8 < FUSED_FP32_MIN_KEYS_X_HEAD_DIM <= 65 * 64 and 65 < FUSED_FP32_MIN_KEYS <= 145 < 145 * 8
     with torch.no_grad():
         narrow(batch)
     assert len(calls) == 0
     narrow(batch).sum().backward()
     assert len(calls) == 0
+    long(torch.randn(4, 1, 84, 84)).sum().backward()
+    assert len(calls) == 3
+    calls.clear()
     with torch.no_grad():
         narrow(one)  # a single image: fewer ops is what counts
     assert len(calls) == 3

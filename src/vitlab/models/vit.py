@@ -19,7 +19,9 @@ from vitlab.models.posenc import sincos_1d_table, sincos_2d_table
 Intermediates = dict[str, torch.Tensor]
 # Rows at least this long take PyTorch's bf16 softmax kernel; shorter ones are upcast (softmax_rows).
 BF16_SOFTMAX_MIN_TOKENS = 32
-# In fp32 on CPU, batches take the fused attention kernel once keys x head size reaches this (fused_kernel_pays).
+# In fp32 on CPU, batches take the fused attention kernel from this many keys, or once keys x head size
+# reaches the second figure (fused_kernel_pays).
+FUSED_FP32_MIN_KEYS = 112
 FUSED_FP32_MIN_KEYS_X_HEAD_DIM = 4096
 
 
@@ -51,20 +53,23 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether PyTorch's fused attention kernel is the faster path for these queries and keys.
 
     On GPUs it always is. On CPU never in bf16 (its bf16 backward there is several times slower than
-    the explicit path). In fp32 on CPU it pays for a single image, where fewer ops is what counts,
-    and for batches once each head's rows are long and wide: keys x head size of at least
-    FUSED_FP32_MIN_KEYS_X_HEAD_DIM. Measured in fp32 on a 2-core AMD EPYC without bf16 units
-    (benchmarks/cpu_choices.py, three runs), fused against explicit: batch-1 inference 1.06-1.16x on
-    the MNIST model (17 keys, head size 16) and 1.01-1.05x on the width-192 one (65 keys, head size
-    64); batch-256 inference 0.73-0.79x and 0.99-1.03x; training steps 0.76-0.93x at head size 16
-    from 17 to 82 keys (0.89-1.11x at 101), 0.94-0.98x at head size 64 with 37 and 50 keys,
-    0.99-1.05x with 65 and 1.09x on ViT-S/16 (197 keys).
+    the explicit path). In fp32 on CPU it pays for a single image, where fewer ops is what counts; for
+    long rows, whose batch x heads x keys x keys weights the explicit path has to write and read back
+    (from FUSED_FP32_MIN_KEYS keys); and for wide heads once keys x head size reaches
+    FUSED_FP32_MIN_KEYS_X_HEAD_DIM, where the two tie and the fused kernel keeps no weights. Measured in
+    fp32 on a 2-core AMD EPYC without bf16 units (benchmarks/cpu_choices.py), fused against explicit:
+    training steps at head size 16 (MNIST width, batch 256) 0.76-0.93x from 17 to 101 keys, then
+    1.25x at 122, 1.65x at 145, 2.5x at 197; head size 32 (batch 128) 0.995x at 101 keys, 1.8x at 145;
+    head size 64 0.94-0.95x at 37 and 50 keys, 0.99-1.05x at 65 and 82, 1.09x on ViT-S/16 (197);
+    batch-256 inference 0.73-0.79x on the MNIST model (17 keys, head size 16), 0.99-1.03x on the
+    width-192 one (65 keys, head size 64); batch-1 latency 1.06-1.16x and 1.01-1.05x.
     """
     if q.device.type != "cpu":
         return True
     if q.dtype != torch.float32:
         return False
-    return q.shape[0] == 1 or k.shape[-2] * k.shape[-1] >= FUSED_FP32_MIN_KEYS_X_HEAD_DIM
+    keys, head_dim = k.shape[-2:]
+    return q.shape[0] == 1 or keys >= FUSED_FP32_MIN_KEYS or keys * head_dim >= FUSED_FP32_MIN_KEYS_X_HEAD_DIM
 
 
 def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
