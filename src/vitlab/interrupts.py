@@ -43,6 +43,8 @@ def take_interrupts(die_at_once: bool = False) -> None:
     (a training process of --nproc waiting on a peer that already stopped); writes stay whole because
     they hold the signal (interrupts_deferred).
     """
+    global _seen
+    _seen = False  # a Ctrl-C an earlier command in this interpreter took is not this one's
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
