@@ -155,7 +155,7 @@ def interrupted_message(run_dir: Path, nproc: int = 1) -> str:
 
 # Workers started by --nproc write their one-line error here instead of printing it, so that the
 # launcher prints it once (not once per process) and without torchrun's report of a failed worker.
-# A Ctrl-C reaches every worker too; the launcher alone says so.
+# An interruption, too, is the launcher's to report.
 WORKER_ERRORS_VARIABLE = "VITLAB_WORKER_ERRORS"
 
 
@@ -208,11 +208,15 @@ def launch_processes(args: argparse.Namespace) -> int:
     launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "vitlab", *argv])
     if interrupt_seen():  # a Ctrl-C that an import above swallowed: processes started now would never get it
         raise KeyboardInterrupt
+    # Ctrl-C stays a KeyboardInterrupt here instead of torchrun's signal of the same name forwarded to
+    # the workers: its agent then stops them with SIGTERM, which ends a worker at once wherever it is
+    # (Python sets no handler for it), even half-started or blocked in a collective call.
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGTERM,SIGHUP,SIGQUIT"
     with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
         os.environ[WORKER_ERRORS_VARIABLE] = errors
         try:
             torchrun(launch)
-        except (SignalException, KeyboardInterrupt):  # torchrun's handler once workers start; Python's before
+        except (SignalException, KeyboardInterrupt):
             print(interrupted_message(run_dir, args.nproc), file=sys.stderr)
             return 130
         except ChildFailedError as failure:
@@ -570,8 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors print one line and exit 2."""
     from vitlab.interrupts import interrupts_deferred, stopped_by_ctrl_c, take_interrupts
 
-    # A training process of --nproc stops on the spot; its launcher reports the interruption.
-    take_interrupts(die_at_once=launched_worker())
+    take_interrupts()
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)

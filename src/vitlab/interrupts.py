@@ -33,22 +33,19 @@ def _remembered_interrupt(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def take_interrupts(die_at_once: bool = False) -> None:
+def take_interrupts() -> None:
     """Install this process's Ctrl-C handling (main thread; not where a shell set Ctrl-C to be ignored).
 
-    By default Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is remembered: one that
-    lands inside an import can be swallowed there and leave a half-loaded module behind (numpy, say),
-    whose next use fails with some other error; see `stopped_by_ctrl_c`. With `die_at_once` the process
-    ends on the spot instead, even inside a blocking native call where a Python handler would never run
-    (a training process of --nproc waiting on a peer that already stopped); writes stay whole because
-    they hold the signal (interrupts_deferred).
+    Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is remembered: one that lands
+    inside an import can be swallowed there and leave a half-loaded module behind (numpy, say), whose
+    next use fails with some other error; see `stopped_by_ctrl_c`.
     """
     global _seen
     _seen = False  # a Ctrl-C an earlier command in this interpreter took is not this one's
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if die_at_once else _remembered_interrupt)
+        signal.signal(signal.SIGINT, _remembered_interrupt)
 
 
 def interrupt_seen() -> bool:
