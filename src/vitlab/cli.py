@@ -179,7 +179,7 @@ def launch_processes(args: argparse.Namespace) -> int:
 
     from vitlab.cores import available_cores
     from vitlab.engine.train import check_new_run_dir, saved_config_path
-    from vitlab.interrupts import interrupt_seen
+    from vitlab.interrupts import raise_swallowed_interrupt
 
     # What can be checked before the processes start is checked here, once.
     label = ""
@@ -206,8 +206,7 @@ def launch_processes(args: argparse.Namespace) -> int:
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "vitlab", *argv])
-    if interrupt_seen():  # a Ctrl-C that an import above swallowed: processes started now would never get it
-        raise KeyboardInterrupt
+    raise_swallowed_interrupt()  # one an import above swallowed: processes started now would never get it
     # Ctrl-C stays a KeyboardInterrupt here instead of torchrun's signal of the same name forwarded to
     # the workers: its agent then stops them with SIGTERM, which ends a worker at once wherever it is
     # (Python sets no handler for it), even half-started or blocked in a collective call.

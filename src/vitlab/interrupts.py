@@ -48,11 +48,6 @@ def take_interrupts() -> None:
         signal.signal(signal.SIGINT, _remembered_interrupt)
 
 
-def interrupt_seen() -> bool:
-    """Whether a Ctrl-C reached this process since take_interrupts, even one that an import swallowed."""
-    return _seen
-
-
 def raise_swallowed_interrupt() -> None:
     """Raise KeyboardInterrupt for a Ctrl-C that did not stop the process where it landed (in an import's
     clean-up, say, where Python prints "Exception ignored" and carries on); long loops call this."""

@@ -61,9 +61,8 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
     training steps at head size 16 (MNIST width, batch 256) 0.78-0.93x from 17 to 101 keys, then
     1.03-1.25x at 122, 1.65-1.89x at 145, 2.5x at 197; head size 32 (batch 128) 0.95-1.00x at 101
     keys, 1.12x at 145; head size 64 0.93-0.95x at 37 and 50 keys, 0.99-1.05x at 65 and 82, 1.04-1.09x
-    on ViT-S/16 (197);
-    batch-256 inference 0.73-0.79x on the MNIST model (17 keys, head size 16), 0.99-1.03x on the
-    width-192 one (65 keys, head size 64); batch-1 latency 1.06-1.16x and 1.01-1.05x.
+    on ViT-S/16 (197); batch-256 inference 0.73-0.79x on the MNIST model (17 keys, head size 16),
+    0.99-1.03x on the width-192 one (65 keys, head size 64); batch-1 latency 1.06-1.16x and 1.01-1.05x.
     """
     if q.device.type != "cpu":
         return True
