@@ -300,8 +300,9 @@ def test_an_error_inside_the_nproc_workers_is_printed_once_without_torchruns_rep
     _assert_clean_error(result, "could be read")
 
 
-def _child_with_rank(parent: int, rank: int, timeout: float = 60.0) -> int:
-    """The pid of the child process of `parent` whose environment holds RANK=rank (read from /proc)."""
+def _child_with_rank(parent: int, rank: int, timeout: float = 60.0, poll: float = 0.2) -> int:
+    """The pid of the child process of `parent` whose environment holds RANK=rank (read from /proc),
+    looked for every `poll` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -313,7 +314,7 @@ def _child_with_rank(parent: int, rank: int, timeout: float = 60.0) -> int:
             parent_pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
             if parent_pid == parent and f"RANK={rank}".encode() in environ:
                 return int(pid)
-        time.sleep(0.2)
+        time.sleep(poll)
     raise AssertionError(f"no process of rank {rank} started under {parent}")
 
 
@@ -352,16 +353,21 @@ def test_ctrl_c_under_nproc_says_once_how_to_resume(tmp_path):
     assert json.loads(vitlab("info", run_dir, "--json").stdout)["epoch"] >= 1
 
 
-@pytest.mark.parametrize("nproc, seconds", [(1, 0.5), (1, 2.0), (2, 0.5)])
-def test_ctrl_c_while_a_run_starts_up_prints_one_line_and_no_traceback(tmp_path, nproc, seconds):
-    # Whatever start-up is doing at that moment (importing torch, reading data, building the model). Not
-    # while --nproc starts its workers: a worker then still printed Python's traceback in about 1 run
-    # in 40 by hand, a race left open.
+@pytest.mark.parametrize("nproc, moment", [(1, 0.5), (1, 2.0), (2, 0.5), (2, "workers start"), (2, "workers import")])
+def test_ctrl_c_while_a_run_starts_up_prints_one_line_and_no_traceback(tmp_path, nproc, moment):
+    # Whatever start-up is doing at that moment (importing torch, reading data, building the model), as
+    # seconds after the start, or for --nproc as the moment its first worker appears (and 50 ms later,
+    # while workers import): there torchrun's own Ctrl-C handling sent SIGINT on to half-started
+    # workers, each of which printed Python's traceback (most runs, before 2026-11-30).
     run_dir = tmp_path / "run"
     args = ["train", "--nproc", nproc, "--epochs", 50, "--out", run_dir, "--quiet", *QUICK]
     process = _start_in_own_group(args)
     try:
-        time.sleep(seconds)
+        if isinstance(moment, str):
+            _child_with_rank(process.pid, rank=0, poll=0.001)
+            time.sleep(0.05 if moment == "workers import" else 0)
+        else:
+            time.sleep(moment)
         os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     finally:

@@ -205,12 +205,15 @@ def launch_processes(args: argparse.Namespace) -> int:
     for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "vitlab", *argv])
-    raise_swallowed_interrupt()  # one an import above swallowed: processes started now would never get it
     # Ctrl-C stays a KeyboardInterrupt here instead of torchrun's signal of the same name forwarded to
     # the workers: its agent then stops them with SIGTERM, which ends a worker at once wherever it is
-    # (Python sets no handler for it), even half-started or blocked in a collective call.
-    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGTERM,SIGHUP,SIGQUIT"
+    # (Python sets no handler for it), even half-started or blocked in a collective call. (torchrun
+    # sets TORCHELASTIC_SIGNALS_TO_HANDLE from this option, so the variable alone is overwritten.)
+    launch = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={args.nproc}", "--signals_to_handle=SIGTERM,SIGHUP,SIGQUIT"]
+        + ["-m", "vitlab", *argv]
+    )
+    raise_swallowed_interrupt()  # one an import above swallowed: processes started now would never get it
     with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
         os.environ[WORKER_ERRORS_VARIABLE] = errors
         try:
