@@ -398,3 +398,42 @@ def test_a_worker_killed_by_a_signal_is_named_by_the_launcher(tmp_path):
     assert stderr.strip().splitlines()[-1] == (
         "vitlab: error: training process 1 failed (killed by SIGKILL); its output is above"
     )
+
+
+def _processes_with_argument(argument: str) -> list[int]:
+    """The running processes with `argument` on their command line (an ended one not yet reaped is not)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            running = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            if running and argument.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                found.append(int(pid))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's parent-death signal is Linux's")
+@pytest.mark.parametrize(
+    "how, moment",
+    [(signal.SIGKILL, "training"), (signal.SIGKILL, "workers start"), (signal.SIGTERM, "workers start")],
+    ids=["SIGKILL-training", "SIGKILL-starting", "SIGTERM-starting"],
+)
+def test_workers_never_outlive_their_launcher(tmp_path, how, moment):
+    # Workers run in sessions of their own: a launcher killed outright, or one stopped while it was still
+    # starting them (before torchrun's agent knew them all), left them training on, unseen.
+    run_dir = str(tmp_path / "run")
+    launcher = _start_in_own_group(["train", "--nproc", 2, "--epochs", 50, "--out", run_dir, "--quiet", *QUICK])
+    try:
+        _child_with_rank(launcher.pid, rank=1 if moment == "training" else 0, poll=0.001)
+        time.sleep(2 if moment == "training" else 0)
+        os.killpg(launcher.pid, how)
+        launcher.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _processes_with_argument(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_with_argument(run_dir) == []
+    finally:
+        launcher.kill()
+        for pid in _processes_with_argument(run_dir):
+            os.kill(pid, signal.SIGKILL)

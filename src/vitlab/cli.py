@@ -157,6 +157,7 @@ def interrupted_message(run_dir: Path, nproc: int = 1) -> str:
 # launcher prints it once (not once per process) and without torchrun's report of a failed worker.
 # An interruption, too, is the launcher's to report.
 WORKER_ERRORS_VARIABLE = "VITLAB_WORKER_ERRORS"
+LAUNCHER_PID_VARIABLE = "VITLAB_LAUNCHER_PID"
 
 
 def launched_worker() -> bool:
@@ -216,6 +217,7 @@ def launch_processes(args: argparse.Namespace) -> int:
     raise_swallowed_interrupt()  # one an import above swallowed: processes started now would never get it
     with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
         os.environ[WORKER_ERRORS_VARIABLE] = errors
+        os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())  # torchrun's agent, in this process, starts them
         try:
             torchrun(launch)
         except (SignalException, KeyboardInterrupt):
@@ -574,10 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors print one line and exit 2."""
-    from vitlab.interrupts import interrupts_deferred, stopped_by_ctrl_c, take_interrupts
+    import os
+
+    from vitlab.interrupts import end_with_parent, interrupts_deferred, stopped_by_ctrl_c, take_interrupts
 
     take_interrupts()
     try:
+        if launched_worker() and LAUNCHER_PID_VARIABLE in os.environ:
+            end_with_parent(int(os.environ[LAUNCHER_PID_VARIABLE]))
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may follow options (argparse stops filling a positional list at the first option).

@@ -58,3 +58,23 @@ def raise_swallowed_interrupt() -> None:
 def stopped_by_ctrl_c(exc: BaseException) -> bool:
     """Whether this exception is, or followed, a Ctrl-C (then it is reported as the interruption it is)."""
     return isinstance(exc, KeyboardInterrupt) or _seen
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """Have the kernel end this process with SIGTERM when its parent (the launcher of --nproc) ends, and
+    end it now if that already happened; on Linux, a no-op elsewhere.
+
+    A launcher killed outright (SIGKILL, the out-of-memory killer), or stopped while it is still starting
+    its processes, cannot stop them itself; they run in sessions of their own, so a Ctrl-C or SIGTERM
+    to its process group does not reach them either, and they would train on, unseen.
+    """
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG, <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(set_parent_death_signal, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:  # gone before the line above: no signal will come
+        raise KeyboardInterrupt
