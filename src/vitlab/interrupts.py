@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM: writes they cannot cut in half, and an interruption reported as one.
+"""Ctrl-C and SIGTERM: writes they cannot cut in half, an interruption reported as one, and processes
+of --nproc that end with their launcher.
 
 Imports nothing heavy, so that the command line can set this up before torch loads.
 """
