@@ -575,7 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run a subcommand; user errors print one line and exit 2."""
+    """Entry point: run a subcommand; user errors print one line and exit 2, an interrupted one 130."""
+    status = _run_command(argv)
+    if status == 130:
+        # CPython ends the process by SIGINT at exit, whatever status it was given, once a
+        # KeyboardInterrupt has left an exec() of source text (as when Ctrl-C lands while an import
+        # defines a dataclass), even one caught since; an exec() that succeeds clears that.
+        exec("")
+    return status
+
+
+def _run_command(argv: list[str] | None) -> int:
     import os
 
     from vitlab.interrupts import end_with_parent, interrupts_deferred, stopped_by_ctrl_c, take_interrupts
