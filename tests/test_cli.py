@@ -300,6 +300,11 @@ def test_an_error_inside_the_nproc_workers_is_printed_once_without_torchruns_rep
     _assert_clean_error(result, "could be read")
 
 
+def _stat_fields(pid: str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: state, parent pid, ... (OSError once it is gone)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _child_with_rank(parent: int, rank: int, timeout: float = 60.0, poll: float = 0.2) -> int:
     """The pid of the child process of `parent` whose environment holds RANK=rank (read from /proc),
     looked for every `poll` seconds."""
@@ -307,11 +312,10 @@ def _child_with_rank(parent: int, rank: int, timeout: float = 60.0, poll: float 
     while time.monotonic() < deadline:
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
+                parent_pid = int(_stat_fields(pid)[1])
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:  # gone, or not ours to read
                 continue
-            parent_pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
             if parent_pid == parent and f"RANK={rank}".encode() in environ:
                 return int(pid)
         time.sleep(poll)
@@ -418,7 +422,7 @@ def _processes_with_argument(argument: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            running = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            running = _stat_fields(pid)[0] != "Z"
             if running and argument.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
                 found.append(int(pid))
         except OSError:  # gone meanwhile

@@ -7,7 +7,9 @@ Imports nothing heavy, so that the command line can set this up before torch loa
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import NoReturn
@@ -70,8 +72,6 @@ def end_with_parent(parent_pid: int) -> None:
     to its process group does not reach them either, and they would train on, unseen.
     """
     import ctypes
-    import os
-    import sys
 
     if not sys.platform.startswith("linux"):
         return
