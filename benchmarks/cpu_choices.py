@@ -2,10 +2,11 @@
 
     python benchmarks/cpu_choices.py [--quick]
 
-1. Allocator: glibc's default malloc against `runtime.reuse_freed_memory` (what every vitlab
-   command sets), each figure from its own fresh process, alternating: training and inference
-   throughput, minor page faults per step, peak resident memory; in the dtype vitlab trains in
-   on this CPU (bf16 autocast, or fp32 where the CPU has no bf16 units).
+1. Allocator: glibc's default malloc against `runtime.reuse_freed_memory` with its thresholds alone
+   (what a program importing vitlab gets) and with `every_size` (what every vitlab command sets),
+   each figure from its own fresh process, alternating: training and inference throughput, minor
+   page faults per step, peak resident memory; in the dtype vitlab trains in on this CPU (bf16
+   autocast, or fp32 where the CPU has no bf16 units).
 2. Softmax of bf16 attention scores: PyTorch's bf16 kernel against upcasting to fp32 and back,
    forward and forward + backward, for rows of 17 to 197 tokens (`models.vit.softmax_rows`);
    skipped on a CPU without bf16 units, where vitlab never computes in bf16.
@@ -39,7 +40,14 @@ from vitlab.engine.runtime import autocast, reuse_freed_memory
 from vitlab.models.registry import model_config
 from vitlab.models.vit import BF16_SOFTMAX_MIN_TOKENS, ViT
 
-ALLOCATOR_CONFIGS = ("mnist", "w192")
+ALLOCATOR_CONFIGS = ("mnist", "w192", "s16")
+ALLOCATOR_MAX_ROUNDS = {"s16": 3}  # ViT-S/16's training steps take seconds each
+# malloc settings: glibc's own, then runtime.reuse_freed_memory as a library import and as a vitlab command sets it.
+ALLOCATOR_SETTINGS = {
+    "default": "glibc default",
+    "thresholds": "reuse_freed_memory()",
+    "every_size": "reuse_freed_memory(every_size=True)",
+}
 SOFTMAX_TOKENS = (17, 24, 31, 32, 40, 50, 65, 100, 197)
 # The MNIST model's width and depth at other token counts: (image side, patch) -> 1 + (side / patch)^2.
 KERNEL_TOKEN_SWEEP = ((28, 7), (20, 4), (24, 4), (28, 4), (32, 4), (36, 4), (40, 4))
@@ -51,10 +59,10 @@ KERNEL_LONG_SIDES = (44, 48, 56)
 KERNEL_HEAD32_SIDES = (40, 48)
 
 
-def allocator_child(config_name: str, reuse: bool, task: str) -> dict:
+def allocator_child(config_name: str, setting: str, task: str) -> dict:
     """In a fresh process (as `vitlab train` or `vitlab eval` run): throughput, faults, peak RSS."""
-    if reuse:
-        reuse_freed_memory()
+    if setting != "default":
+        reuse_freed_memory(every_size=setting == "every_size")
     torch.set_num_threads(2)
     config, batch = speed.CONFIGS[config_name]
     model = speed.vitlab_model(config)
@@ -82,20 +90,20 @@ def allocator_rows(rounds: int) -> list[str]:
     rows = []
     for name in ALLOCATOR_CONFIGS:
         for task in ("train", "infer"):
-            runs: dict[bool, list[dict]] = {False: [], True: []}
-            for _ in range(rounds):
-                for reuse in (False, True):
-                    code = [sys.executable, __file__, "--child", name, str(int(reuse)), task]
+            runs: dict[str, list[dict]] = {setting: [] for setting in ALLOCATOR_SETTINGS}
+            for _ in range(min(rounds, ALLOCATOR_MAX_ROUNDS.get(name, rounds))):
+                for setting in ALLOCATOR_SETTINGS:
+                    code = [sys.executable, __file__, "--child", name, setting, task]
                     out = subprocess.run(code, capture_output=True, text=True, check=True)
-                    runs[reuse].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    runs[setting].append(json.loads(out.stdout.strip().splitlines()[-1]))
             medians = {
-                reuse: {key: statistics.median(run[key] for run in runs[reuse]) for key in runs[reuse][0]}
-                for reuse in runs
+                setting: {key: statistics.median(run[key] for run in runs[setting]) for key in runs[setting][0]}
+                for setting in runs
             }
-            for reuse, label in ((False, "glibc default"), (True, "reuse_freed_memory")):
-                figures = medians[reuse]
+            for setting, label in ALLOCATOR_SETTINGS.items():
+                figures, default = medians[setting], medians["default"]
                 rows.append(
-                    f"| {name} | {task} | {label} | {figures['img/s']:,.0f} ({figures['img/s'] / medians[False]['img/s']:.2f}x) "
+                    f"| {name} | {task} | {label} | {speed.rate(figures['img/s'])} ({figures['img/s'] / default['img/s']:.2f}x) "
                     f"| {figures['faults']:,.0f} | {figures['peak_mb']:,.0f} |"
                 )
                 print(rows[-1], flush=True)
@@ -271,11 +279,11 @@ def main() -> int:
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        name, reuse, task = args.child
-        print(json.dumps(allocator_child(name, reuse == "1", task)))
+        name, setting, task = args.child
+        print(json.dumps(allocator_child(name, setting, task)))
         return 0
     torch.set_num_threads(2)
-    reuse_freed_memory()  # as every vitlab command does; the allocator section's children choose their own
+    reuse_freed_memory(every_size=True)  # as every vitlab command; the allocator section's children choose their own
     rounds = 1 if args.quick else 5
     lines = [
         "# CPU choices: each of vitlab's CPU settings against its alternative",
@@ -286,11 +294,13 @@ def main() -> int:
         f"- Medians of {rounds} interleaved rounds; {'fp32' if speed.DTYPE is None else 'bf16 autocast'} as vitlab trains on this CPU;"
         " freed memory kept for reuse (`runtime.reuse_freed_memory`) outside the allocator section.",
         "",
-        "## Allocator: glibc's default against `runtime.reuse_freed_memory` (set by every vitlab command)",
+        "## Allocator: glibc's default against `runtime.reuse_freed_memory`",
         "",
-        "Every figure from its own fresh process (as `vitlab train` and `vitlab eval` run), the two settings",
-        "alternating. Train: a full AdamW step on a ready batch; infer: a forward pass without autograd;",
-        "speed.py's batch sizes (mnist 256 / 256, w192 128 / 256).",
+        "Every figure from its own fresh process (as `vitlab train` and `vitlab eval` run), the three settings",
+        "alternating: glibc's own; `reuse_freed_memory()`, mmap and trim thresholds raised (a program that",
+        "imports vitlab); `every_size=True`, no memory mapped by malloc at all (every vitlab command). Train: a full",
+        "AdamW step on a ready batch; infer: a forward pass without autograd; speed.py's batch sizes (mnist 256 / 256,",
+        f"w192 128 / 256, s16 32 / 32); s16 in {min(rounds, ALLOCATOR_MAX_ROUNDS['s16'])} rounds (its steps take seconds).",
         "",
         "| config | task | malloc | img/s (vs default) | minor page faults / step | peak RSS (MB) |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -21,7 +21,7 @@ the attention kernel `model.attention=auto` picks: SDPA on CUDA, on CPU explicit
 in fp32 SDPA for one image and for long, wide heads: `models.vit.fused_kernel_pays`), and as its
 own row through torch.compile (`train.compile: true`; on CUDA with CUDA graphs).
 Every contender gets the fused AdamW that vitlab's Trainer uses, and the whole process keeps
-freed memory for reuse as every vitlab command does (runtime.reuse_freed_memory; measured on
+freed memory of every size for reuse as every vitlab command does (runtime.reuse_freed_memory; measured on
 its own by cpu_choices.py). On CUDA the batches are larger (a GPU idles on CPU-sized batches),
 peak memory is the CUDA allocator's high-water mark, and results go to speed_cuda.md.
 """
@@ -278,7 +278,7 @@ def peak_memory_mb(contender: str, config_name: str, steps: int) -> float:
     would carry over the parent's resident size from the fork.
     """
     code = (
-        "import sys, torch; sys.path.insert(0, 'benchmarks'); import speed; speed.reuse_freed_memory(); "
+        "import sys, torch; sys.path.insert(0, 'benchmarks'); import speed; speed.reuse_freed_memory(every_size=True); "
         f"torch.set_num_threads({torch.get_num_threads()}); "
         f"cfg, batch = speed.CONFIGS[{config_name!r}]; model = speed.CONTENDERS[{contender!r}](cfg); "
         "step = speed.train_step_fn(model, cfg, batch, True, speed.DTYPE); "
@@ -386,7 +386,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     use_device(args.device)
-    reuse_freed_memory()  # as every vitlab command does; the Hugging Face rows share the process and the setting
+    reuse_freed_memory(every_size=True)  # as every vitlab command; the Hugging Face rows share the process and it
     emulated_size = emulated_bf16_peak_size()
     peaks = {
         "fp32": matmul_peak(torch.float32),
@@ -445,7 +445,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         )
         + " GFLOP/s.",
         "- FLOPs per image are analytic (`vitlab.models.flops`): 2 x the multiply-accumulates of every matrix product the logits need; training = 3 x forward. With class-token pooling the last block's output is needed for the class token alone, which is all vitlab computes there; Hugging Face computes it for every token (21% more on the MNIST model, 8% on w192, 7% on ViT-S/16), work not counted in its MFU.",
-        "- Every contender trains with fused AdamW (as vitlab's Trainer); the process keeps freed memory for reuse as every vitlab command does (`runtime.reuse_freed_memory`), so the Hugging Face rows have it too (its own effect: cpu_choices.md).",
+        "- Every contender trains with fused AdamW (as vitlab's Trainer); the process keeps freed memory of every size for reuse as every vitlab command does (`runtime.reuse_freed_memory(every_size=True)`), so the Hugging Face rows have it too (its own effect: cpu_choices.md).",
         "- vitlab-compiled: the same model through torch.compile, as `train.compile: true` runs it"
         + (" (mode reduce-overhead: CUDA graphs)." if cuda else " (inductor's C++ kernels; compile time not counted)."),
         "",

@@ -84,6 +84,18 @@ def test_info_for_a_preset_and_a_checkpoint(trained_run):
     assert "parameters" in vitlab("info").stdout
 
 
+def test_commands_keep_freed_memory_of_every_size_for_reuse(monkeypatch, capsys):
+    # A command's process is vitlab's own: even blocks above glibc's largest mmap threshold stay for reuse.
+    import vitlab.cli
+    import vitlab.engine.runtime
+
+    requests = []
+    monkeypatch.setattr(vitlab.engine.runtime, "reuse_freed_memory", lambda **kwargs: requests.append(kwargs) or True)
+    assert vitlab.cli.main(["info", "--model", "mnist-tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] > 0
+    assert requests == [{"every_size": True}]
+
+
 def test_resume_of_a_finished_run_with_more_epochs(trained_run, tmp_path):
     run_dir, _ = trained_run
     copy = tmp_path / "copy"

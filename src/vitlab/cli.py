@@ -606,7 +606,8 @@ def _run_command(argv: list[str] | None) -> int:
             import torch  # noqa: F401
         from vitlab.engine.runtime import reuse_freed_memory
 
-        reuse_freed_memory()  # every command that computes reallocates the same tensor sizes over and over
+        # Every command that computes reallocates the same tensor sizes over and over, in a process of its own.
+        reuse_freed_memory(every_size=True)
         return args.handler(args)
     except VitlabError as exc:
         _report_error(str(exc))

@@ -62,13 +62,41 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def test_reused_memory_spares_the_page_faults_of_every_step():
-    # Each setting in a fresh process: malloc's thresholds are per process and move as it runs.
-    def faults(setting: str) -> int:
-        out = subprocess.run([sys.executable, "-c", FAULTS_OF_TEN_STEPS, setting], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        return int(out.stdout.split()[-1])
+FAULTS_OF_TEN_STEPS_WITH_A_LARGE_TENSOR = """
+import resource, sys, torch
+from vitlab.engine.runtime import reuse_freed_memory
+assert reuse_freed_memory(every_size=sys.argv[1] == "every_size")
+def step():
+    hidden = torch.ones(12 << 20)  # 48 MB: above the largest mmap threshold glibc accepts (32 MB)
+    return (hidden * 2).sum()
+# Warm-up: an aligned block freed on the heap is a few bytes short of the next same-sized request, so the
+# heap grows until freed blocks lie side by side and merge (3 steps left 0-20% of the faults, 10 none).
+for _ in range(10):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
 
-    default, reused = faults("default"), faults("reuse")
+
+def faults_in_fresh_process(script: str, setting: str) -> int:
+    # Each setting in a fresh process: malloc's thresholds are per process and move as it runs.
+    out = subprocess.run([sys.executable, "-c", script, setting], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+def test_reused_memory_spares_the_page_faults_of_every_step():
+    default, reused = (faults_in_fresh_process(FAULTS_OF_TEN_STEPS, setting) for setting in ("default", "reuse"))
     assert default > 2_000  # the freed activations went back to the OS and fault in again
     assert reused < default / 5
+
+
+def test_every_size_also_keeps_blocks_above_the_largest_mmap_threshold():
+    thresholds, every_size = (
+        faults_in_fresh_process(FAULTS_OF_TEN_STEPS_WITH_A_LARGE_TENSOR, setting)
+        for setting in ("thresholds", "every_size")
+    )
+    assert thresholds > 10 * 2 * 10_000  # both 48 MB blocks of each step were mapped afresh: 12,288 pages each
+    assert every_size < thresholds / 10

@@ -54,12 +54,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 # mallopt parameters from glibc's malloc.h, and the largest mmap threshold it accepts on 64-bit.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _MAX_MMAP_THRESHOLD = 32 << 20
 
 
 @functools.cache  # a per-process setting: the CLI, the Trainer and vitlab.load each ask for it
-def reuse_freed_memory() -> bool:
+def reuse_freed_memory(every_size: bool = False) -> bool:
     """Make glibc's malloc keep freed memory for the next tensor instead of handing it back to the OS.
 
     A training step frees and reallocates the same activation sizes every step. By default glibc
@@ -68,14 +68,22 @@ def reuse_freed_memory() -> bool:
     model and 3,400 per batch-256 inference, which made them 13% and 44% slower (9% and 32% on an
     Intel Xeon with AMX; benchmarks/cpu_choices.py). Raising the mmap and trim thresholds keeps
     those pages: only memory the process already used is kept, and the peak resident memory
-    measured there did not change. Returns False where the C library has no mallopt (macOS,
-    Windows), and then nothing changes.
+    measured there did not change.
+
+    Blocks from 32 MB up (the highest mmap threshold glibc accepts) are still mapped for each use
+    and unmapped when freed, unless `every_size`: then malloc maps no memory of its own at all. ViT-S/16's
+    MLP activations at batch 32 are 38.7 MB each; on that AMD EPYC they cost about 100,000 faults per
+    training step, which every_size brought down to about 10,000 (cpu_choices.py). vitlab's commands
+    ask for it: the process is theirs. A program that imports vitlab keeps the default, where a large
+    array it frees still goes back to the OS at once. Returns False where the C library has no
+    mallopt (macOS, Windows), and then nothing changes.
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    kept = bool(mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return kept and (not every_size or bool(mallopt(_M_MMAP_MAX, 0)))
 
 
 def configure_cpu(threads: int = 0, share_with: int = 1) -> int:
