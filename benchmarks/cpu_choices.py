@@ -292,7 +292,8 @@ def main() -> int:
         f"- Machine: {machine_line()}, 2 threads",
         f"- Date: {today()}",
         f"- Medians of {rounds} interleaved rounds; {'fp32' if speed.DTYPE is None else 'bf16 autocast'} as vitlab trains on this CPU;"
-        " freed memory kept for reuse (`runtime.reuse_freed_memory`) outside the allocator section.",
+        " freed memory of every size kept for reuse as vitlab's commands keep it"
+        " (`runtime.reuse_freed_memory(every_size=True)`) outside the allocator section.",
         "",
         "## Allocator: glibc's default against `runtime.reuse_freed_memory`",
         "",

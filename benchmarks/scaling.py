@@ -2,8 +2,9 @@
 
 A width-192, depth-4 ViT with patch 4 (the w192 family of the speed benchmark, shallower so the
 largest images stay quick) under vitlab's defaults (bf16 autocast, or fp32 on a CPU without bf16
-units; the attention kernel `model.attention=auto` picks; AdamW). Each point runs in a fresh
-process, so its peak memory (VmHWM) is its own:
+units; the attention kernel `model.attention=auto` picks; fused AdamW, as the Trainer; freed memory
+of every size kept for reuse, as every vitlab command: runtime.reuse_freed_memory). Each point runs
+in a fresh process, so its peak memory (VmHWM) is its own:
   - step time per image;
   - attention's share of the step, measured: the same step with the attention product
     softmax(QK^T/sqrt(d))V replaced by V (the projections stay), compared with the full step;
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 import vitlab.models.vit as vit_module
 from common import RESULTS, machine_line, peak_rss_mb, today
 from vitlab.config import ModelConfig
-from vitlab.engine.runtime import autocast_dtype
+from vitlab.engine.runtime import autocast_dtype, reuse_freed_memory
 
 WIDTH, DEPTH, HEADS, PATCH = 192, 4, 3, 4
 IMAGE_SIZES = (16, 32, 48, 64, 96, 128)  # 16 to 1,024 patch tokens
@@ -51,11 +52,12 @@ def attention_flop_share(config: ModelConfig) -> float:
 
 def measure_point(img_size: int, batch: int, device_name: str) -> dict:
     """One point, in this process: step time with and without the attention product, and peak memory."""
+    reuse_freed_memory(every_size=True)
     device = torch.device(device_name)
     dtype = autocast_dtype("auto", device)
     config = config_for(img_size)
     model = vit_module.ViT(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
 

@@ -57,12 +57,16 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
     long rows, whose batch x heads x keys x keys weights the explicit path has to write and read back
     (from FUSED_FP32_MIN_KEYS keys); and for wide heads once keys x head size reaches
     FUSED_FP32_MIN_KEYS_X_HEAD_DIM, where the two tie and the fused kernel keeps no weights. Measured in
-    fp32 on a 2-core AMD EPYC without bf16 units (benchmarks/cpu_choices.py), fused against explicit:
-    training steps at head size 16 (MNIST width, batch 256) 0.78-0.93x from 17 to 101 keys, then
-    1.03-1.25x at 122, 1.65-1.89x at 145, 2.5x at 197; head size 32 (batch 128) 0.95-1.00x at 101
-    keys, 1.12x at 145; head size 64 0.93-0.95x at 37 and 50 keys, 0.99-1.05x at 65 and 82, 1.04-1.09x
-    on ViT-S/16 (197); batch-256 inference 0.73-0.79x on the MNIST model (17 keys, head size 16),
-    0.99-1.03x on the width-192 one (65 keys, head size 64); batch-1 latency 1.06-1.16x and 1.01-1.05x.
+    fp32 on a 2-core AMD EPYC without bf16 units (benchmarks/cpu_choices.py), fused against explicit,
+    with freed memory of every size kept for reuse as vitlab's commands run: training steps at head
+    size 16 (MNIST width, batch 256) 0.75-0.90x from 17 to 101 keys, 0.98x at 122, 0.99x at 145, 1.25x
+    at 197; head size 32 (batch 128) 1.00x at 101 and 145 keys; head size 64 0.95-1.00x from 37 to 65
+    keys, 0.99x on ViT-S/16 (197); batch-256 inference 0.88x on the MNIST model (17 keys), 1.03x on the
+    width-192 one (65 keys, head size 64); batch-1 latency 1.10x and 1.04x. Where large freed blocks go
+    back to the OS (a program importing vitlab: runtime.reuse_freed_memory), the explicit path's
+    weights, above 32 MB from 101 keys at batch 256, fault in afresh every step: fused was 1.03-1.25x
+    at 122 keys, 1.65-1.89x at 145, 2.5x at 197. The rule keeps the fused kernel from 112 keys: a tie
+    or better either way, and no weights kept.
     """
     if q.device.type != "cpu":
         return True
