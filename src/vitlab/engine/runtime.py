@@ -74,9 +74,10 @@ def reuse_freed_memory(every_size: bool = False) -> bool:
     and unmapped when freed, unless `every_size`: then malloc maps no memory of its own at all.
     ViT-S/16's MLP activations at batch 32 are 38.7 MB each: on that AMD EPYC every_size took its
     batch-32 inference from 161,000 faults to none (1.05x the throughput) and its training step
-    from 45,500 faults to 8,300 (speed within the noise); the smaller models never reach 32 MB
-    (cpu_choices.py). vitlab's commands ask for it: the process is theirs. A program that imports
-    vitlab keeps the thresholds alone, so a large array it frees still goes back to the OS at once.
+    from 45,500 faults to 8,300 (speed within the noise); the blocks of the MNIST and width-192
+    models there stay under 32 MB (cpu_choices.py). vitlab's commands ask for it: the process is
+    theirs. A program that imports vitlab keeps the thresholds alone, so a large array it frees
+    still goes back to the OS at once.
     Returns False where the C library has no mallopt (macOS, Windows), and then nothing changes.
     """
     try:
