@@ -42,6 +42,16 @@ def test_warmup_then_cosine_schedule():
     assert warmup_cosine(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
 
 
+# Ends a script that defines step(): prints the minor page faults of ten steps after {warm_up} more.
+COUNT_FAULTS_OF_TEN_STEPS = """
+for _ in range({warm_up}):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
 FAULTS_OF_TEN_STEPS = """
 import resource, sys, torch
 from vitlab.engine.runtime import reuse_freed_memory
@@ -53,13 +63,7 @@ torch.set_num_threads(1)
 model, images = ViT(model_config("mnist-tiny")), torch.randn(64, 1, 28, 28)
 def step():
     model(images).sum().backward()
-for _ in range(3):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
+""" + COUNT_FAULTS_OF_TEN_STEPS.format(warm_up=3)
 
 
 FAULTS_OF_TEN_STEPS_WITH_A_LARGE_TENSOR = """
@@ -71,13 +75,7 @@ def step():
     return (hidden * 2).sum()
 # Warm-up: an aligned block freed on the heap is a few bytes short of the next same-sized request, so the
 # heap grows until freed blocks lie side by side and merge (3 steps left 0-20% of the faults, 10 none).
-for _ in range(10):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
+""" + COUNT_FAULTS_OF_TEN_STEPS.format(warm_up=10)
 
 
 def faults_in_fresh_process(script: str, setting: str) -> int:
