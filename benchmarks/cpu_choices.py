@@ -86,12 +86,17 @@ def allocator_child(config_name: str, setting: str, task: str) -> dict:
     return {"img/s": batch / seconds, "faults": faults, "peak_mb": peak_rss_mb()}
 
 
+def allocator_rounds(name: str, rounds: int) -> int:
+    """Rounds of the allocator section for a configuration: `rounds`, capped by ALLOCATOR_MAX_ROUNDS."""
+    return min(rounds, ALLOCATOR_MAX_ROUNDS.get(name, rounds))
+
+
 def allocator_rows(rounds: int) -> list[str]:
     rows = []
     for name in ALLOCATOR_CONFIGS:
         for task in ("train", "infer"):
             runs: dict[str, list[dict]] = {setting: [] for setting in ALLOCATOR_SETTINGS}
-            for _ in range(min(rounds, ALLOCATOR_MAX_ROUNDS.get(name, rounds))):
+            for _ in range(allocator_rounds(name, rounds)):
                 for setting in ALLOCATOR_SETTINGS:
                     code = [sys.executable, __file__, "--child", name, setting, task]
                     out = subprocess.run(code, capture_output=True, text=True, check=True)
@@ -100,8 +105,9 @@ def allocator_rows(rounds: int) -> list[str]:
                 setting: {key: statistics.median(run[key] for run in runs[setting]) for key in runs[setting][0]}
                 for setting in runs
             }
+            default = medians["default"]
             for setting, label in ALLOCATOR_SETTINGS.items():
-                figures, default = medians[setting], medians["default"]
+                figures = medians[setting]
                 rows.append(
                     f"| {name} | {task} | {label} | {speed.rate(figures['img/s'])} ({figures['img/s'] / default['img/s']:.2f}x) "
                     f"| {figures['faults']:,.0f} | {figures['peak_mb']:,.0f} |"
@@ -301,7 +307,7 @@ def main() -> int:
         "alternating: glibc's own; `reuse_freed_memory()`, mmap and trim thresholds raised (a program that",
         "imports vitlab); `every_size=True`, no memory mapped by malloc at all (every vitlab command). Train: a full",
         "AdamW step on a ready batch; infer: a forward pass without autograd; speed.py's batch sizes (mnist 256 / 256,",
-        f"w192 128 / 256, s16 32 / 32); s16 in {min(rounds, ALLOCATOR_MAX_ROUNDS['s16'])} rounds (its steps take seconds).",
+        f"w192 128 / 256, s16 32 / 32); s16 in {allocator_rounds('s16', rounds)} rounds (its steps take seconds).",
         "",
         "| config | task | malloc | img/s (vs default) | minor page faults / step | peak RSS (MB) |",
         "| --- | --- | --- | --- | --- | --- |",
