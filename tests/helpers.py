@@ -6,6 +6,9 @@ from pathlib import Path
 
 from vitlab.config import ModelConfig
 
+# The project's shared data (real MNIST and Fashion-MNIST files, CIFAR-10 JPEGs), beside the checkout.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 def tiny_config(**overrides) -> ModelConfig:
     """A ViT small enough to run in milliseconds on 28x28 grey images."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import unreadable_image_folder
+from tests.helpers import SHARED_DATA, unreadable_image_folder
 from vitlab.data.sources import load_split
 
 QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
@@ -54,6 +54,19 @@ def test_eval_reports_accuracy_and_per_class_accuracy(trained_run):
     assert "accuracy" in human and "top-5" in human
 
 
+def test_eval_reads_the_data_set_from_where_the_run_trained_on_it(tmp_path):
+    run_dir = tmp_path / "run"
+    data_dir = SHARED_DATA / "fashion-mnist"
+    vitlab("train", "--dataset", "fashion-mnist", f"data.data_dir={data_dir}", "--epochs", 1, "--out", run_dir, *QUICK)
+    same = vitlab("eval", run_dir, "--json")  # no --data-dir: the closed mirror is never asked
+    scores = json.loads(same.stdout)
+    assert scores["dataset"] == "fashion-mnist" and scores["num_examples"] == 10000
+    assert "Trouser" in scores["per_class_accuracy"] and same.stderr == ""
+    other = vitlab("eval", run_dir, "--dataset", "mnist", "--json")
+    assert json.loads(other.stdout)["dataset"] == "mnist"
+    assert "trained on classes T-shirt/top, Trouser, Pullover, ... and mnist has 0, 1, 2, ..." in other.stderr
+
+
 def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
     run_dir, _ = trained_run
     digit = load_split("mnist", "test").images[0, 0].numpy()
@@ -82,6 +95,8 @@ def test_info_for_a_preset_and_a_checkpoint(trained_run):
     assert preset["parameters"] == from_run["parameters"]
     assert preset["forward_flops_per_image"] > 0
     assert "parameters" in vitlab("info").stdout
+    accuracy = from_run["metrics"]["test_accuracy"]
+    assert f"  test accuracy     {accuracy:.2%}\n" in vitlab("info", run_dir).stdout
 
 
 def test_commands_keep_freed_memory_of_every_size_for_reuse(monkeypatch, capsys):
@@ -128,6 +143,9 @@ def _assert_clean_error(result, fragment):
         (["eval", "/nonexistent/run"], "checkpoint not found"),
         (["info", "--model", "huge"], "unknown model preset"),
         (["train", "--bogus"], "unrecognized arguments"),
+        (["train", "--epochs", "0"], "'0' is not a whole number of at least 1"),
+        (["predict", "run", "digit.png", "--top-k", "-1"], "'-1' is not a whole number of at least 1"),
+        (["train", "train.freeze_until=5"], "train.freeze_until=5 is more than the model's 4 blocks"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):

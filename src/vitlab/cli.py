@@ -89,10 +89,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         shape = f"width {model.embed_dim}, depth {model.depth}"
         if model.arch == "vit":  # the preset's name alone hides what a recipe or override changed
             shape = f"patch {model.patch_size}{' after a conv stem' if model.stem == 'conv' else ''}, {shape}"
+        epochs = cfg.train.epochs
+        length = f"{cfg.train.time_budget:.0f} s" if cfg.train.time_budget else f"{epochs} epoch{'s' * (epochs != 1)}"
         print(
             f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {cfg.data.dataset} "
-            f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for "
-            f"{f'{cfg.train.time_budget:.0f} s' if cfg.train.time_budget else f'{cfg.train.epochs} epochs'}; "
+            f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
             f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {trainer.threads} threads; run dir {run_dir}",
             file=sys.stderr,
         )
@@ -272,10 +273,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     name = args.dataset or metadata.get("dataset", "mnist")
     config = model.config
     data = open_dataset(
-        DataConfig(dataset=name, data_dir=args.data_dir or ""), config.in_channels, config.img_size, splits=("test",)
+        DataConfig(dataset=name, data_dir=args.data_dir or trained_data_dir(metadata, name)),
+        config.in_channels,
+        config.img_size,
+        splits=("test",),
     )
     if len(data.class_names) != config.num_classes:
         raise ConfigError(f"the model has {config.num_classes} classes but {name} has {len(data.class_names)}")
+    trained_names = list(metadata.get("class_names") or data.class_names)
+    if trained_names != list(data.class_names):
+        print(
+            f"vitlab: note: the model was trained on classes {', '.join(trained_names[:3])}, ... and {name} has "
+            f"{', '.join(data.class_names[:3])}, ...: its scores match class numbers, not names",
+            file=sys.stderr,
+        )
     configure_cpu()
     device = resolve_device(args.device)
     model.to(device)
@@ -298,6 +309,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for class_name, accuracy in payload["per_class_accuracy"].items():
         print(f"  {class_name:>12}  {accuracy:.2%}")
     return 0
+
+
+def trained_data_dir(metadata: dict, dataset: str) -> str:
+    """Where the run that wrote this checkpoint read `dataset` from, if that folder is still there; else ""
+    (the default place)."""
+    recorded = metadata.get("data_dir", "") if metadata.get("dataset") == dataset else ""
+    return recorded if recorded and Path(recorded).is_dir() else ""
 
 
 # ----- predict -----------------------------------------------------------------------------------
@@ -391,9 +409,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         print(f"  architecture      ResNet: base width {config.embed_dim}, {config.depth} blocks per stage, 3 stages")
     print(f"  input             {config.in_channels}x{config.img_size}x{config.img_size}, {config.num_classes} classes")
-    for key in ("dataset", "epoch", "metrics"):
+    for key in ("dataset", "epoch"):
         if key in payload:
             print(f"  {key:<17} {payload[key]}")
+    for name, value in payload.get("metrics", {}).items():
+        shown = f"{value:.2%}" if "accuracy" in name else f"{value:.4f}"
+        print(f"  {name.replace('_', ' '):<17} {shown}")
     return 0
 
 
@@ -484,6 +505,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ----- parser ------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
@@ -495,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         "source", help="a vitlab run or checkpoint, a Hugging Face ViT folder, or a timm weights file"
     )
     finetune.add_argument("--dataset", required=True, help="data set name or image folder to fine-tune on")
-    finetune.add_argument("--img-size", type=int, help="new input size; the position table is resampled")
+    finetune.add_argument("--img-size", type=positive_int, help="new input size; the position table is resampled")
     finetune.add_argument("--freeze-until", type=int, default=0, help="freeze embeddings and the first N blocks")
     finetune.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise learning-rate decay, e.g. 0.75")
     train.add_argument("--dataset", help="data set name (default: mnist) or an image folder")
@@ -504,21 +536,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", help="a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     for command in (train, finetune):
-        command.add_argument("--epochs", type=int, help="number of epochs")
+        command.add_argument("--epochs", type=positive_int, help="number of epochs")
         command.add_argument("--time-budget", help="train for this long (e.g. 10m, 90s, 1h) with the schedule on time")
         command.add_argument("--out", help="run directory (default: runs/<dataset>-<time>)")
         command.add_argument("--seed", type=int, help="random seed; the same seed repeats the run")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
         command.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
         command.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
-        command.add_argument("--nproc", type=int, default=1, help="train with N processes (torchrun + DDP)")
+        command.add_argument("--nproc", type=positive_int, default=1, help="train with N processes (torchrun + DDP)")
         command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.002")
         command.set_defaults(handler=cmd_train, resume=None)
 
     evaluate = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     evaluate.add_argument("--dataset", help="data set (default: the one it was trained on)")
-    evaluate.add_argument("--data-dir", help="folder holding the data set's files")
+    evaluate.add_argument(
+        "--data-dir", help="folder holding the data set's files (default: the one the run trained from, if still there)"
+    )
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=cmd_eval)
@@ -526,8 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="classify image files")
     predict.add_argument("checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--img-size", type=int, help="run a ViT at another input size (position table resampled)")
+    predict.add_argument("--top-k", type=positive_int, default=3)
+    predict.add_argument(
+        "--img-size", type=positive_int, help="run a ViT at another input size (position table resampled)"
+    )
     predict.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=cmd_predict)
@@ -551,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--models", required=True, help="comma-separated presets, e.g. mnist-small,resnet-small")
     budget = compare.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", help="per model, e.g. 10m")
-    budget.add_argument("--epochs", type=int, help="per model")
+    budget.add_argument("--epochs", type=positive_int, help="per model")
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--out", help="folder for the runs and the table (default: runs/compare-<dataset>-<time>)")
     compare.add_argument("--json", action="store_true")

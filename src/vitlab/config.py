@@ -230,6 +230,10 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        if self.model.arch == "vit" and self.train.freeze_until > self.model.depth:
+            raise ConfigError(
+                f"train.freeze_until={self.train.freeze_until} is more than the model's {self.model.depth} blocks"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -168,6 +168,7 @@ class Trainer:
         """What inference needs besides the weights, plus where the checkpoint came from."""
         return {
             "dataset": self.config.data.dataset,
+            "data_dir": self.config.data.data_dir,
             "class_names": list(self.class_names),
             "mean": list(self.mean),
             "std": list(self.std),

@@ -65,8 +65,13 @@ class TrainingProgress:
     def on_epoch(self, stats: EpochStats) -> None:
         """Print a one-line summary of a finished epoch above the bar."""
         if self.enabled:
+            ema = f" (EMA {stats.ema_test_accuracy:.2%})" if stats.ema_test_accuracy is not None else ""
+            # soft_wrap: rich would otherwise break the line at 80 columns whenever stderr is a pipe or a
+            # log file, and one line per epoch is what people grep and tail.
             self.progress.console.print(
                 f"epoch {stats.epoch:>3}{self.epochs_label}  train loss {stats.train_loss:.4f} "
-                f"acc {stats.train_accuracy:.2%}  test loss {stats.test_loss:.4f} acc {stats.test_accuracy:.2%}  "
-                f"lr {stats.lr:.2e}  {stats.images_per_second:,.0f} img/s  {stats.seconds:.1f}s"
+                f"acc {stats.train_accuracy:.2%}  test loss {stats.test_loss:.4f} acc {stats.test_accuracy:.2%}{ema}  "
+                f"lr {stats.lr:.2e}  {stats.images_per_second:,.0f} img/s  {stats.seconds:.1f}s",
+                soft_wrap=True,
+                highlight=False,
             )

@@ -1,0 +1,33 @@
+from vitlab.engine.train import EpochStats
+from vitlab.report.progress import TrainingProgress
+
+
+def epoch_stats(ema: float | None) -> EpochStats:
+    return EpochStats(
+        epoch=3,
+        train_loss=0.51234,
+        train_accuracy=0.875,
+        test_loss=0.41234,
+        test_accuracy=0.9012,
+        lr=1.5e-3,
+        seconds=12.3,
+        images_per_second=3456.0,
+        ema_test_accuracy=ema,
+    )
+
+
+def test_each_epoch_is_one_whole_line_on_a_pipe(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # what rich assumes for a pipe or a log file
+    progress = TrainingProgress(total_epochs=36)
+    progress.on_epoch(epoch_stats(ema=None))
+    progress.on_epoch(epoch_stats(ema=0.9123))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch   3/36  train loss 0.5123 acc 87.50%  test loss 0.4123 acc 90.12%  lr 1.50e-03")
+    assert lines[0].endswith("3,456 img/s  12.3s")
+    assert "acc 90.12% (EMA 91.23%)  lr" in lines[1]
+
+
+def test_a_disabled_progress_prints_nothing(capsys):
+    TrainingProgress(total_epochs=2, enabled=False).on_epoch(epoch_stats(ema=None))
+    assert capsys.readouterr().err == ""
