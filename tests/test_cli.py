@@ -221,6 +221,8 @@ def test_training_writes_a_report_and_report_rebuilds_it(trained_run):
     for figure in ("curves", "lr", "confusion", "per_class", "misclassified", "attention_0"):
         assert f"report/{figure}.png" in text
         assert (run_dir / "report" / f"{figure}.png").stat().st_size > 1000
+    facts = [line for line in text.splitlines() if line.startswith(("| test images |", "| train images |"))]
+    assert facts == ["| test images | 300 |", "| train images | 1,000 |"]  # each once (QUICK's subsets)
     (run_dir / "report" / "curves.png").unlink()
     assert json.loads(vitlab("report", run_dir, "--json").stdout)["report"] == str(run_dir / "report.md")
     assert (run_dir / "report" / "curves.png").exists()

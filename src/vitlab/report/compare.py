@@ -27,7 +27,7 @@ def _row(result: ContenderResult) -> list[str]:
         f"{result.forward_flops / 1e6:.1f}",
         f"{result.train_images_per_second:,.0f}",
         f"{result.latency_ms:.2f}",
-        f"{result.seconds:.0f}",
+        f"{result.seconds:.{1 if result.seconds < 100 else 0}f}",  # a short run still shows a time
     ]
 
 

@@ -105,6 +105,7 @@ def build_report(run_dir: str | Path) -> Path:
     pairs = most_confused_pairs(scores.confusion, names)
     total_seconds = sum(h["seconds"] for h in history)
     best = max(history, key=lambda h: h["test_accuracy"])
+    facts = {"test_images": scores.num_examples} | run_info  # run.json's figures, for a run that has one
     lines = [
         f"# Training report: {run_dir.name}",
         "",
@@ -118,8 +119,8 @@ def build_report(run_dir: str | Path) -> Path:
         f"| final test loss | {scores.loss:.4f} |",
         f"| top-5 accuracy | {scores.top5_accuracy:.2%} |",
         f"| training speed (last epoch) | {history[-1]['images_per_second']:,.0f} images/s |",
-        f"| test images | {scores.num_examples:,} |",
-        *[f"| {key.replace('_', ' ')} | {value} |" for key, value in run_info.items()],
+        *[f"| {key.replace('_', ' ')} | {value:,} |" for key, value in facts.items() if isinstance(value, int)],
+        *[f"| {key.replace('_', ' ')} | {value} |" for key, value in facts.items() if not isinstance(value, int)],
         "",
         "## Curves",
         "",
