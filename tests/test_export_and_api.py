@@ -75,6 +75,19 @@ def test_python_api_predicts_from_paths_pil_numpy_and_tensors(tmp_path, checkpoi
         classifier.predict([42])
 
 
+def test_python_api_splits_stacked_batches_into_images(checkpoint):
+    path, _ = checkpoint
+    classifier = vitlab.load(path)
+    digits = (np.random.default_rng(3).random((5, 28, 28)) * 255).astype(np.uint8)
+    one_by_one = classifier.predict_proba(list(digits))
+    for batch in (digits, digits[..., None], torch.from_numpy(digits), torch.from_numpy(digits)[:, None]):
+        torch.testing.assert_close(classifier.predict_proba(batch), one_by_one)
+    assert len(classifier.predict(digits)) == 5
+    assert classifier.predict_proba(torch.from_numpy(digits[:1])).shape == (1, 10)  # (1, H, W): one grey image
+    with pytest.raises(ImageError, match="1, 2, 3 or 4 channels"):
+        classifier.predict(np.zeros((28, 28, 5), dtype=np.uint8)[None])
+
+
 def test_python_api_runs_an_exported_onnx_file(tmp_path, checkpoint):
     path, model = checkpoint
     export_onnx(model, INFO, tmp_path / "model.onnx", dynamic_batch=False)

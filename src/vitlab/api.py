@@ -2,7 +2,8 @@
 
 import vitlab
 classifier = vitlab.load("runs/mnist-20261122-181500")   # a run, a .safetensors checkpoint, or a .onnx file
-classifier.predict(["digit.png", pil_image, numpy_array, tensor])   # -> ["7", "2", ...]
+classifier.predict(["digit.png", pil_image, numpy_array, tensor])   # -> [Prediction, ...]; .label of each
+classifier.predict(batch)   # an (N, H, W[, C]) array or an (N, C, H, W) tensor: N predictions
 """
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ class Prediction:
     def label(self) -> str:
         """The most probable class."""
         return self.labels[0]
+
+
+def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """The images in a list, a single image, or a stacked batch split along its first axis.
+
+    A batch is a 4-D array (N, H, W, C) or tensor (N, C, H, W), or a 3-D one whose channel axis cannot be
+    one (numpy's last, a tensor's first, must be 1, 3 or 4 for a single image): (N, H, W) grey images.
+    """
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        channels = images.shape[0] if isinstance(images, torch.Tensor) else images.shape[-1]
+        if images.ndim == 4 or (images.ndim == 3 and channels not in (1, 3, 4)):
+            return list(images)
+    return [images]
 
 
 class Classifier:
@@ -83,14 +99,17 @@ class Classifier:
                 array = array[..., 0]
             if array.ndim not in (2, 3):
                 raise ImageError(f"an image array must be HxW or HxWxC, got shape {image.shape}")
-            return convert_image(Image.fromarray(array), self.channels, self.img_size)
+            try:
+                picture = Image.fromarray(array)
+            except TypeError:
+                raise ImageError(f"an image array must have 1, 2, 3 or 4 channels, got shape {image.shape}") from None
+            return convert_image(picture, self.channels, self.img_size)
         raise ImageError(f"cannot read an image from a {type(image).__name__}")
 
     @torch.no_grad()
     def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
-        """Class probabilities (N, classes) for one image or a list of images."""
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
-        batch = torch.stack([self.to_uint8(image) for image in items])
+        """Class probabilities (N, classes) for one image, a list of images or a stacked batch (as_image_list)."""
+        batch = torch.stack([self.to_uint8(image) for image in as_image_list(images)])
         inputs = to_model_input(batch, self.mean, self.std, self.img_size, self.channels)
         if self._onnx is not None:
             logits = self._onnx.logits(inputs)
