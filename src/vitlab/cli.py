@@ -90,11 +90,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if model.arch == "vit":  # the preset's name alone hides what a recipe or override changed
             shape = f"patch {model.patch_size}{' after a conv stem' if model.stem == 'conv' else ''}, {shape}"
         epochs = cfg.train.epochs
+        workers = f"{trainer.threads} thread{'s' * (trainer.threads != 1)}"
+        if world.size > 1:
+            workers = f"{world.size} processes x {workers}"
         length = f"{cfg.train.time_budget:.0f} s" if cfg.train.time_budget else f"{epochs} epoch{'s' * (epochs != 1)}"
         print(
             f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {cfg.data.dataset} "
             f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
-            f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {trainer.threads} threads; run dir {run_dir}",
+            f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {workers}; run dir {run_dir}",
             file=sys.stderr,
         )
     for note in trainer.notes if world.is_main else []:

@@ -310,7 +310,8 @@ class Trainer:
                         {
                             "loss": loss_sum / seen,
                             "accuracy": correct / seen,
-                            "images_per_second": seen / max(now - epoch_start, 1e-9),
+                            # every rank trains an equal slice in lock-step: the run's rate is world size x this one's
+                            "images_per_second": seen * self.world.size / max(now - epoch_start, 1e-9),
                         },
                     )
             loss_sum, correct, seen = sum_across([loss_sum, correct, seen], self.world)
