@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.helpers import SHARED_DATA, unreadable_image_folder
@@ -161,6 +162,8 @@ def test_bad_images_and_checkpoints_give_one_line_errors(trained_run, tmp_path):
     _assert_clean_error(vitlab("predict", run_dir, tmp_path / "absent.png", check=False), "not found")
     (tmp_path / "fake.safetensors").write_bytes(b"\x00" * 64)
     _assert_clean_error(vitlab("eval", tmp_path / "fake.safetensors", check=False), "not a readable safetensors")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "model.pt")
+    _assert_clean_error(vitlab("predict", tmp_path / "model.pt", "x.png", check=False), "is a PyTorch zip archive")
 
 
 def test_bad_config_file_gives_one_line(tmp_path):

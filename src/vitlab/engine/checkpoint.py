@@ -76,6 +76,11 @@ def load_tensors(path: Path, expected_format: str = FORMAT) -> tuple[dict[str, t
         header = json.loads(payload[8 : 8 + header_len])
         metadata = json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "null"))
     except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
+        if payload[:2] == b"PK":  # torch.save's and TorchScript's zip archives
+            raise CheckpointError(
+                f"{path} is a PyTorch zip archive (torch.save or TorchScript), not a vitlab checkpoint: "
+                "use a run, its .safetensors checkpoint or an exported .onnx file"
+            ) from None
         raise CheckpointError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     if not isinstance(metadata, dict) or metadata.get("format") != expected_format:
         raise CheckpointError(f"{path} is a safetensors file but not a {expected_format} file")
