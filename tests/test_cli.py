@@ -118,6 +118,12 @@ def test_resume_of_a_finished_run_with_more_epochs(trained_run, tmp_path):
     import shutil
 
     shutil.copytree(run_dir, copy)
+    config = (copy / "config.yaml").read_text()
+    _assert_clean_error(vitlab("train", "--resume", copy, "--epochs", 1, check=False), "has trained 2 epochs already")
+    assert (copy / "config.yaml").read_text() == config
+    same = vitlab("train", "--resume", copy, "--no-report")
+    assert "has finished: nothing left to train (--epochs above 2 trains on)" in same.stderr
+    assert "━" not in same.stderr  # no progress bar for no steps
     summary = json.loads(vitlab("train", "--resume", copy, "--epochs", 3, "--json").stdout)
     assert summary["epochs"] == 3
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 3
@@ -145,6 +151,7 @@ def _assert_clean_error(result, fragment):
         (["info", "--model", "huge"], "unknown model preset"),
         (["train", "--bogus"], "unrecognized arguments"),
         (["train", "--epochs", "0"], "'0' is not a whole number of at least 1"),
+        (["train", "--resume", "run", "--seed", "1", "lr=0.1"], "--seed, key=value overrides cannot change it"),
         (["predict", "run", "digit.png", "--top-k", "-1"], "'-1' is not a whole number of at least 1"),
         (["train", "train.freeze_until=5"], "train.freeze_until=5 is more than the model's 4 blocks"),
     ],

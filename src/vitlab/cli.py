@@ -69,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.report.tensorboard import TensorBoardLogger
 
     world = world_from_environment()
+    refuse_changes_on_resume(args)
     if args.nproc > 1 and not world.distributed:
         return launch_processes(args)
     if args.resume:
@@ -105,6 +106,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         total_epochs = None if cfg.train.time_budget else cfg.train.epochs
         start = trainer.fraction_done(trainer.start_epoch * trainer.steps_per_epoch, trainer.elapsed_before)
+        if start >= 1.0:  # a finished run resumed as it was: no bar for no steps
+            quiet = True
+            if world.is_main:
+                more = "a new run" if cfg.train.time_budget else f"--epochs above {cfg.train.epochs}"
+                print(
+                    f"vitlab: note: {run_dir} has finished: nothing left to train ({more} trains on)", file=sys.stderr
+                )
         board = TensorBoardLogger(run_dir) if world.is_main else None
 
         def on_epoch(stats: EpochStats) -> None:
@@ -147,6 +155,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{result.seconds:.0f}s of training; checkpoints in {run_dir / 'checkpoints'}"
         )
     return 0
+
+
+# What a resumed run keeps as it was set up, by the option that would otherwise change it.
+FIXED_ON_RESUME = {
+    "dataset": "--dataset",
+    "model": "--model",
+    "config": "--config",
+    "recipe": "--recipe",
+    "time_budget": "--time-budget",
+    "out": "--out",
+    "seed": "--seed",
+    "overrides": "key=value overrides",
+}
+
+
+def refuse_changes_on_resume(args: argparse.Namespace) -> None:
+    """--resume continues a run exactly as it was set up: options that would change it are an error, not ignored."""
+    given = [flag for name, flag in FIXED_ON_RESUME.items() if args.resume and getattr(args, name, None)]
+    if given:
+        raise ConfigError(
+            f"--resume continues a run as it was set up: {', '.join(given)} cannot change it (--epochs can)"
+        )
 
 
 def interrupted_message(run_dir: Path, nproc: int = 1) -> str:

@@ -475,12 +475,17 @@ def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:
     config = RunConfig.from_dict(load_yaml(config_path)).validate()
     if epochs is not None:
         config.train.epochs = epochs
-        save_yaml(config, config_path)
     # A run stopped before its first epoch ended saved its config and nothing else: it starts again as it began.
     started = (run_dir / "checkpoints").exists() or bool(read_metrics(run_dir))
     trainer = Trainer(config, run_dir, resuming=started)
     if started:
         trainer.load_resume_state()
+    if not config.train.time_budget and config.train.epochs < trainer.start_epoch:
+        raise ConfigError(
+            f"{run_dir} has trained {trainer.start_epoch} epochs already; to train on, give --epochs more than that"
+        )
+    if epochs is not None and trainer.world.is_main:
+        save_yaml(config, config_path)
     # Lines written after the resume point belong to an epoch that will be trained again.
     kept = [s for s in read_metrics(run_dir) if s.epoch <= trainer.start_epoch]
     if trainer.world.is_main:
