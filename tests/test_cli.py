@@ -87,6 +87,18 @@ def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
         assert item["top_k"][0]["probability"] >= item["top_k"][1]["probability"]
     human = vitlab("predict", run_dir, paths[0]).stdout
     assert str(paths[0]) in human and "%" in human
+    (tmp_path / "notes.txt").write_text("not an image, and not an image name either")
+    whole_folder = json.loads(vitlab("predict", run_dir, tmp_path, "--top-k", 2, "--json").stdout)["predictions"]
+    assert [item["image"] for item in whole_folder] == sorted(str(path) for path in paths)
+    by_name = {item["image"]: item for item in out["predictions"]}
+    for item in whole_folder:
+        expected = by_name[item["image"]]["top_k"]
+        assert [entry["class"] for entry in item["top_k"]] == [entry["class"] for entry in expected]
+        assert [entry["probability"] for entry in item["top_k"]] == pytest.approx(
+            [entry["probability"] for entry in expected], abs=1e-6
+        )
+    (tmp_path / "empty").mkdir()
+    _assert_clean_error(vitlab("predict", run_dir, tmp_path / "empty", check=False), "no PNG, JPEG, BMP or WebP file")
 
 
 def test_info_for_a_preset_and_a_checkpoint(trained_run):

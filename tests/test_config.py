@@ -49,3 +49,12 @@ def test_every_shipped_recipe_resolves():
         assert config.data.dataset == name
     with pytest.raises(ConfigError, match="unknown recipe"):
         recipe_path("imagenet")
+
+
+def test_folder_and_data_paths_are_saved_absolute(tmp_path, monkeypatch):
+    (tmp_path / "pictures" / "cat").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = resolve_run_config(dataset="pictures", overrides=["data.data_dir=cache/here"])
+    assert config.data.dataset == str(tmp_path.resolve() / "pictures")
+    assert config.data.data_dir == str(tmp_path.resolve() / "cache" / "here")
+    assert resolve_run_config(dataset="mnist").data.dataset == "mnist"  # a named data set stays a name

@@ -75,11 +75,13 @@ def test_python_api_predicts_from_paths_pil_numpy_and_tensors(tmp_path, checkpoi
         classifier.predict([42])
 
 
-def test_python_api_splits_stacked_batches_into_images(checkpoint):
+def test_python_api_splits_stacked_batches_into_images(checkpoint, monkeypatch):
     path, _ = checkpoint
     classifier = vitlab.load(path)
     digits = (np.random.default_rng(3).random((5, 28, 28)) * 255).astype(np.uint8)
     one_by_one = classifier.predict_proba(list(digits))
+    monkeypatch.setattr("vitlab.api.PREDICT_CHUNK", 2)  # forward passes of 2, 2 and 1 images
+    torch.testing.assert_close(classifier.predict_proba(list(digits)), one_by_one, atol=1e-6, rtol=0)
     for batch in (digits, digits[..., None], torch.from_numpy(digits), torch.from_numpy(digits)[:, None]):
         torch.testing.assert_close(classifier.predict_proba(batch), one_by_one)
     assert len(classifier.predict(digits)) == 5

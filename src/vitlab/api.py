@@ -22,6 +22,7 @@ from vitlab.data.tensors import to_model_input
 from vitlab.errors import ImageError
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+PREDICT_CHUNK = 256  # images per forward pass in predict_proba
 
 
 @dataclass
@@ -110,13 +111,14 @@ class Classifier:
     def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Class probabilities (N, classes) for one image, a list of images or a stacked batch (as_image_list)."""
         batch = torch.stack([self.to_uint8(image) for image in as_image_list(images)])
-        inputs = to_model_input(batch, self.mean, self.std, self.img_size, self.channels)
-        if self._onnx is not None:
-            logits = self._onnx.logits(inputs)
-        else:
+        if self._model is not None:
             self._model.eval()
-            logits = self._model(inputs).float()
-        return logits.softmax(dim=1)
+        # In chunks, so that a folder of thousands of images never holds all their activations at once.
+        chunks = []
+        for chunk in batch.split(PREDICT_CHUNK):
+            inputs = to_model_input(chunk, self.mean, self.std, self.img_size, self.channels)
+            chunks.append(self._onnx.logits(inputs) if self._onnx is not None else self._model(inputs).float())
+        return torch.cat(chunks).softmax(dim=1)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 1) -> list[Prediction]:
         """The top-k classes of each image."""

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from vitlab.errors import ConfigError, VitlabError
+from vitlab.errors import ConfigError, ImageError, VitlabError
 
 if TYPE_CHECKING:  # the config module is imported only by the commands that need it
     from vitlab.config import RunConfig
@@ -356,7 +356,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.api import load
 
     classifier = load(args.checkpoint, img_size=args.img_size)
-    items = [classifier.to_uint8(path) for path in args.images]  # every file is checked before any is classified
+    paths = image_paths(args.images)
+    items = [classifier.to_uint8(path) for path in paths]  # every file is checked before any is classified
     if args.invert:
         items = [255 - item for item in items]
     predictions = classifier.predict(items, top_k=args.top_k)
@@ -368,7 +369,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 for label, index, probability in zip(p.labels, p.indices, p.probabilities)
             ],
         }
-        for path, p in zip(args.images, predictions)
+        for path, p in zip(paths, predictions)
     ]
     if args.json:
         _print_json({"checkpoint": str(args.checkpoint), "predictions": results})
@@ -377,6 +378,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ranked = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in item["top_k"])
         print(f"{item['image']}: {ranked}")
     return 0
+
+
+def image_paths(arguments: list[str]) -> list[str]:
+    """The image files named on the command line, a folder standing for every image file under it."""
+    from vitlab.data.folders import image_files_under
+
+    paths = []
+    for argument in arguments:
+        if Path(argument).is_dir():
+            found = image_files_under(Path(argument))
+            if not found:
+                raise ImageError(f"{argument} is a folder with no PNG, JPEG, BMP or WebP file under it")
+            paths += found
+        else:
+            paths.append(argument)
+    return paths
 
 
 # ----- export ------------------------------------------------------------------------------------
@@ -468,7 +485,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from vitlab.report.attention_maps import write_attention_maps
 
     model, metadata = load_checkpoint(args.checkpoint)
-    figures = write_attention_maps(model, metadata, args.images, Path(args.out), args.layer, args.invert)
+    figures = write_attention_maps(model, metadata, image_paths(args.images), Path(args.out), args.layer, args.invert)
     if args.json:
         _print_json({"files": [str(p) for p in figures.files], "predicted": figures.predicted})
     else:
@@ -592,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="classify image files")
     predict.add_argument("checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     predict.add_argument("--top-k", type=positive_int, default=3)
     predict.add_argument(
         "--img-size", type=positive_int, help="run a ViT at another input size (position table resampled)"
@@ -608,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     attention = sub.add_parser("attention", help="attention maps of images as PNG overlays")
     attention.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    attention.add_argument("images", nargs="+", metavar="IMAGE")
+    attention.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     attention.add_argument("--out", default="attention", help="folder for the PNG files (default: ./attention)")
     attention.add_argument("--layer", type=int, default=-1, help="layer whose heads are drawn (default: last)")
     attention.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")

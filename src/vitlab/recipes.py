@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vitlab.config import RunConfig, apply_overrides, load_yaml
 from vitlab.data.datasets import input_shape
+from vitlab.data.folders import is_image_folder
 from vitlab.errors import ConfigError
 from vitlab.models.registry import DEFAULT_PRESET, model_config
 
@@ -56,7 +57,13 @@ def _finish(config: RunConfig, epochs: int | None, seed: int | None, overrides: 
         config.train.epochs = epochs
     if seed is not None:
         config.train.seed = seed
-    return apply_overrides(config, overrides or []).validate()
+    config = apply_overrides(config, overrides or []).validate()
+    # Paths are saved absolute, so the run resumes and its checkpoints evaluate from any working directory.
+    if is_image_folder(config.data.dataset):
+        config.data.dataset = str(Path(config.data.dataset).expanduser().resolve())
+    if config.data.data_dir:
+        config.data.data_dir = str(Path(config.data.data_dir).expanduser().resolve())
+    return config
 
 
 def resolve_finetune_config(

@@ -77,17 +77,24 @@ def list_files(root: Path, class_names: list[str]) -> list[tuple[str, int]]:
         folder = root / name
         if not folder.is_dir():
             raise DataError(f"{root} lacks the class folder {name!r} that the training split has")
-        seen_dirs: set[tuple[int, int]] = set()
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            stat = os.stat(dirpath)
-            if (stat.st_dev, stat.st_ino) in seen_dirs:  # a symlink loop: walk each real folder once
-                dirnames.clear()
-                continue
-            seen_dirs.add((stat.st_dev, stat.st_ino))
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if Path(filename).suffix.lower() in IMAGE_SUFFIXES:
-                    files.append((os.path.join(dirpath, filename), label))
+        files += [(path, label) for path in image_files_under(folder)]
+    return files
+
+
+def image_files_under(folder: Path) -> list[str]:
+    """Every image file under folder, in sorted order, following symlinked folders but no loop twice."""
+    files = []
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        stat = os.stat(dirpath)
+        if (stat.st_dev, stat.st_ino) in seen_dirs:  # a symlink loop: walk each real folder once
+            dirnames.clear()
+            continue
+        seen_dirs.add((stat.st_dev, stat.st_ino))
+        dirnames.sort()
+        files += [
+            os.path.join(dirpath, name) for name in sorted(filenames) if Path(name).suffix.lower() in IMAGE_SUFFIXES
+        ]
     return files
 
 
