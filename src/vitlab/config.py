@@ -230,6 +230,10 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        if self.data.randaugment:  # checked before a run starts, not at its first batch
+            from vitlab.data.augment import check_randaugment
+
+            check_randaugment(self.model.in_channels)
         if self.model.arch == "vit" and self.train.freeze_until > self.model.depth:
             raise ConfigError(
                 f"train.freeze_until={self.train.freeze_until} is more than the model's {self.model.depth} blocks"

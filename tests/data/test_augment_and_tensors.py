@@ -1,3 +1,4 @@
+import importlib.util
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from vitlab.data.augment import (
 )
 from vitlab.data.tensors import batch_indices, normalize, num_batches, to_model_input
 from vitlab.errors import ConfigError
+from vitlab.recipes import resolve_run_config
 
 
 def test_identity_affine_leaves_images_unchanged():
@@ -131,3 +133,15 @@ def test_randaugment_runs_through_kornia_on_colour_images():
     assert out.shape == (4, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
     with pytest.raises(ConfigError, match="3-channel"):
         randaugment(torch.rand(4, 1, 16, 16))
+
+
+def test_a_randaugment_run_that_cannot_work_is_refused_before_it_starts(monkeypatch):
+    with pytest.raises(ConfigError, match="3-channel"):
+        resolve_run_config(dataset="mnist", overrides=["data.randaugment=true"])
+    assert resolve_run_config(dataset="cifar10", overrides=["data.randaugment=true"]).data.randaugment
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "kornia" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ConfigError, match="needs kornia; run: pip install 'vitlab\\[augment\\]'"):
+        resolve_run_config(dataset="cifar10", overrides=["data.randaugment=true"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -141,14 +142,19 @@ def mix_batch(
     return images, lam * targets + (1 - lam) * targets.flip(0)
 
 
+def check_randaugment(channels: int) -> None:
+    """Raise ConfigError unless RandAugment can run here: kornia installed and 3-channel images."""
+    if importlib.util.find_spec("kornia") is None:
+        raise ConfigError("data.randaugment needs kornia; run: pip install 'vitlab[augment]'")
+    if channels != 3:
+        raise ConfigError("data.randaugment works on 3-channel images; turn it off for grey data sets")
+
+
 def randaugment(images: torch.Tensor, num_ops: int = 2, magnitude: int = 9) -> torch.Tensor:
     """RandAugment from kornia (optional: pip install 'vitlab[augment]'); needs 3-channel images in [0, 1]."""
-    try:
-        from kornia.augmentation.auto import RandAugment
-    except ImportError:
-        raise ConfigError("data.randaugment needs kornia; run: pip install 'vitlab[augment]'") from None
-    if images.shape[1] != 3:
-        raise ConfigError("data.randaugment works on 3-channel images; turn it off for grey data sets")
+    check_randaugment(images.shape[1])
+    from kornia.augmentation.auto import RandAugment
+
     return RandAugment(n=num_ops, m=magnitude)(images).clamp(0, 1)
 
 
