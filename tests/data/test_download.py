@@ -56,11 +56,12 @@ def fashion_files():
     return {p.name: p.read_bytes() for p in (SHARED_DATA / "fashion-mnist").glob("*.gz")}
 
 
-def test_fashion_mnist_downloads_verifies_and_loads(server, tmp_path, monkeypatch):
+def test_fashion_mnist_downloads_verifies_and_loads(server, tmp_path, monkeypatch, capsys):
     files, url = server
     files.update(fashion_files())
     monkeypatch.setenv("VITLAB_DATA_MIRROR", url)
     split = load_split("fashion-mnist", "test", str(tmp_path))
+    assert capsys.readouterr().out == ""  # the progress bar keeps to stderr: stdout carries --json results
     assert split.images.shape == (10000, 1, 28, 28)
     assert np.bincount(split.labels.numpy()).tolist() == [1000] * 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]

@@ -120,13 +120,24 @@ def test_full_disk_while_caching_costs_the_cache_not_the_run(tmp_path, monkeypat
     monkeypatch.setattr(folders.np, "save", disk_full)
     splits = open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16)
     assert len(splits.train) == 6
-    assert "could not cache" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "could not cache" in said.err and said.out == ""  # stdout carries results (--json) alone
     cache = tmp_path / "cache" / "folders"
     assert not cache.exists() or not any(cache.iterdir())  # no half-written cache left behind
     monkeypatch.undo()
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
     again = open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16)  # half-written tmp not used
     assert torch.equal(again.train.images, splits.train.images)
+
+
+def test_decoding_shows_its_progress_on_stderr_only(tmp_path, monkeypatch, capsys):
+    root = make_folder(tmp_path / "data", per_class=4)
+    monkeypatch.setattr(folders, "PROGRESS_MIN_FILES", 1)
+    shown = []
+    monkeypatch.setattr(folders.Progress, "advance", lambda self, task, advance=1: shown.append(advance))
+    splits = open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16)
+    assert len(shown) == len(splits.train) + len(splits.test) == 8
+    assert capsys.readouterr().out == ""
 
 
 def anonymous_memory_mb() -> float:

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from vitlab.errors import DataError
@@ -81,7 +82,14 @@ def download(remote: RemoteFile, folder: Path, show_progress: bool = True) -> Pa
         return target
     failures = [f"{target} on disk does not match the published checksum"] if target.exists() else []
     progress = (
-        Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
+        Progress(
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+            console=Console(stderr=True),  # stdout is for results (--json)
+        )
         if show_progress
         else None
     )

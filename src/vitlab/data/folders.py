@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -22,12 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vitlab.cores import available_cores
 from vitlab.data.images import load_image
 from vitlab.errors import DataError, ImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+PROGRESS_MIN_FILES = 2000  # decoding fewer images takes a few seconds at most: no bar
 TEST_FOLDER_NAMES = ("test", "val")
 
 
@@ -132,13 +136,24 @@ def decode_files(
     tasks = [(path, channels, size) for path, _ in files]
     labels: list[int] = []
     skipped: list[str] = []
-    with open(target, "wb") as handle:
+    progress = Progress(
+        TextColumn("decoding images"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=Console(stderr=True),
+        disable=len(files) < PROGRESS_MIN_FILES,
+    )
+    with open(target, "wb") as handle, progress:
+        task = progress.add_task("decode", total=len(files))
         for (path, label), item in zip(files, _decoded(tasks, workers)):
             if isinstance(item, str):
                 skipped.append(path)
             else:
                 handle.write(np.ascontiguousarray(item, dtype=np.uint8).tobytes())
                 labels.append(label)
+            progress.advance(task)
     return len(labels), labels, skipped
 
 
@@ -211,7 +226,10 @@ def load_folder_split(
         cached = _read_cache(folder, channels, size)  # unless another process cached the same folder first
         if cached is not None:
             return cached
-        print(f"vitlab: warning: could not cache decoded images in {folder.parent} ({exc}); decoding without a cache")
+        print(
+            f"vitlab: warning: could not cache decoded images in {folder.parent} ({exc}); decoding without a cache",
+            file=sys.stderr,
+        )
         return _decode_uncached(files, channels, size, workers)
     cached = _read_cache(folder, channels, size)
     if cached is None:
