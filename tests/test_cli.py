@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vitlab as vitlab_package
 from tests.helpers import SHARED_DATA, unreadable_image_folder
 from vitlab.data.sources import load_split
 
@@ -108,6 +109,7 @@ def test_info_for_a_preset_and_a_checkpoint(trained_run):
     assert preset["parameters"] == from_run["parameters"]
     assert preset["forward_flops_per_image"] > 0
     assert "parameters" in vitlab("info").stdout
+    assert vitlab("--version").stdout.startswith(f"vitlab {vitlab_package.__version__} (torch {torch.__version__}")
     accuracy = from_run["metrics"]["test_accuracy"]
     assert f"  test accuracy     {accuracy:.2%}\n" in vitlab("info", run_dir).stdout
 

@@ -555,6 +555,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ----- parser ------------------------------------------------------------------------------------
+def version_line() -> str:
+    """'vitlab X.Y.Z (torch A.B.C, Python D.E.F)', read from the installed packages without importing torch."""
+    import platform
+    from importlib.metadata import version
+
+    from vitlab import __version__
+
+    return f"vitlab {__version__} (torch {version('torch')}, Python {platform.python_version()})"
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts and sizes: a whole number of at least 1."""
     try:
@@ -569,6 +579,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model and evaluate it after each epoch")
