@@ -287,6 +287,11 @@ def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
     assert len((out / "compare.csv").read_text().splitlines()) == 3
     assert (out / "compare.png").stat().st_size > 1000
     _assert_clean_error(vitlab("compare", "--models", "mnist-tiny", "--epochs", 1, check=False), "at least two")
+    twice = vitlab("compare", "--models", "mnist-tiny,mnist-tiny", "--epochs", 1, check=False)
+    _assert_clean_error(twice, "names mnist-tiny more than once")
+    again = vitlab("compare", "--models", "cifar-tiny,resnet-small", "--epochs", 1, "--out", out, check=False)
+    _assert_clean_error(again, f"{out} already holds a run of resnet-small; pick another --out")
+    assert not (out / "cifar-tiny").exists()  # refused before anything trained
 
 
 def test_export_onnx_then_predict_with_it(trained_run, tmp_path):

@@ -497,6 +497,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from vitlab.config import parse_duration
     from vitlab.engine.compare import run_contender
+    from vitlab.engine.train import check_new_run_dir
     from vitlab.recipes import resolve_run_config
     from vitlab.report.compare import write_comparison
     from vitlab.report.run_report import build_report
@@ -506,6 +507,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     if len(names) < 2:
         raise ConfigError("--models needs at least two presets separated by commas, e.g. mnist-small,resnet-small")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"--models names {', '.join(twice)} more than once; each model is trained once")
     budget = [f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []
     configs = [
         resolve_run_config(
@@ -513,16 +517,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
         for name in names
     ]  # every config is resolved before any training, so a typo fails fast
-    out = (
-        Path(args.out) if args.out else Path("runs") / time.strftime(f"compare-{configs[0].data.dataset}-%Y%m%d-%H%M%S")
-    )
+    label = Path(configs[0].data.dataset).name
+    out = Path(args.out) if args.out else Path("runs") / time.strftime(f"compare-{label}-%Y%m%d-%H%M%S")
+    run_dirs = [out / name.replace("/", "-") for name in names]
+    for name, run_dir in zip(names, run_dirs):  # as fast: an --out holding these runs fails before any training
+        try:
+            check_new_run_dir(run_dir)
+        except ConfigError:
+            raise ConfigError(f"{out} already holds a run of {name}; pick another --out") from None
     results = []
-    for name, config in zip(names, configs):
+    for name, config, run_dir in zip(names, configs, run_dirs):
         if not args.json:
             print(f"training {name} ...", file=sys.stderr)
-        results.append(run_contender(name, config, out / name.replace("/", "-")))
+        results.append(run_contender(name, config, run_dir))
         build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
-    paths = write_comparison(results, out, f"{' vs '.join(names)} on {Path(configs[0].data.dataset).name}")
+    paths = write_comparison(results, out, f"{' vs '.join(names)} on {label}")
     if args.json:
         _print_json(
             {
