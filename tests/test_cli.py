@@ -165,6 +165,7 @@ def _assert_clean_error(result, fragment):
         (["info", "--model", "huge"], "unknown model preset"),
         (["train", "--bogus"], "unrecognized arguments"),
         (["train", "--epochs", "0"], "'0' is not a whole number of at least 1"),
+        (["train", "data.train_subset=100"], "larger than the 100 training images; pass train.batch_size=N with N at"),
         (["train", "--resume", "run", "--seed", "1", "lr=0.1"], "--seed, key=value overrides cannot change it"),
         (["predict", "run", "digit.png", "--top-k", "-1"], "'-1' is not a whole number of at least 1"),
         (["train", "train.freeze_until=5"], "train.freeze_until=5 is more than the model's 4 blocks"),
@@ -172,6 +173,16 @@ def _assert_clean_error(result, fragment):
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):
     _assert_clean_error(vitlab(*args, check=False), fragment)
+
+
+def test_a_run_refused_at_start_leaves_no_run_directory(tmp_path):
+    refused = vitlab("train", "--out", tmp_path / "new" / "run", "data.train_subset=100", check=False)
+    _assert_clean_error(refused, "larger than the 100 training images")
+    assert list(tmp_path.iterdir()) == []  # neither the run directory nor the folder made for it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    _assert_clean_error(vitlab("train", "--out", tmp_path / "mine", "data.train_subset=100", check=False), "larger")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 def test_bad_images_and_checkpoints_give_one_line_errors(trained_run, tmp_path):

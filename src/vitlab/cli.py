@@ -61,9 +61,9 @@ def _default_run_dir(label: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vitlab.engine.distributed import barrier, init_process_group, shutdown, world_from_environment
+    from vitlab.engine.distributed import init_process_group, shutdown, world_from_environment
     from vitlab.engine.runtime import resolve_device
-    from vitlab.engine.train import EpochStats, Trainer, prepare_run_dir, trainer_for_resume
+    from vitlab.engine.train import EpochStats, start_new_run, trainer_for_resume
     from vitlab.interrupts import stopped_by_ctrl_c
     from vitlab.report.progress import TrainingProgress
     from vitlab.report.tensorboard import TensorBoardLogger
@@ -79,10 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config, label = _new_run_config(args)
         run_dir = Path(args.out) if args.out else _default_run_dir(label)
         init_process_group(world, resolve_device(config.train.device).type)
-        if world.is_main:  # one process creates the run directory; the others wait for it
-            prepare_run_dir(config, run_dir)
-        barrier(world)
-        trainer = Trainer(config, run_dir)
+        trainer = start_new_run(config, run_dir)
     cfg = trainer.config
     quiet = args.quiet or not world.is_main
     if not args.json and world.is_main:

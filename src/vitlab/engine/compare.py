@@ -11,7 +11,7 @@ from pathlib import Path
 from vitlab.config import RunConfig
 from vitlab.data.tensors import to_model_input
 from vitlab.engine.runtime import autocast, evaluation_mode
-from vitlab.engine.train import EpochStats, Trainer, prepare_run_dir
+from vitlab.engine.train import EpochStats, Trainer, start_new_run
 from vitlab.models.flops import forward_flops
 
 
@@ -49,8 +49,7 @@ def run_contender(
     name: str, config: RunConfig, run_dir: Path, on_epoch: Callable[[EpochStats], None] | None = None
 ) -> ContenderResult:
     """Train one contender in its own run directory and measure it."""
-    prepare_run_dir(config, run_dir)
-    trainer = Trainer(config, run_dir)
+    trainer = start_new_run(config, run_dir)
     result = trainer.run(on_epoch=on_epoch)
     history = result.history
     speeds = [h.images_per_second for h in history]

@@ -26,6 +26,7 @@ from vitlab.data.sources import ImageDataset
 from vitlab.data.tensors import batch_indices, num_batches, to_model_input
 from vitlab.engine.checkpoint import RESUME_FORMAT, load_state_strict, load_tensors, save_checkpoint, save_tensors
 from vitlab.engine.distributed import (
+    barrier,
     check_global_batch,
     gather_rows,
     init_process_group,
@@ -39,7 +40,7 @@ from vitlab.engine.evaluate import EvalResult, predict_logits, scores_from_logit
 from vitlab.engine.finetune import adapt_state, freeze_until, layer_scale, load_pretrained, read_source
 from vitlab.engine.runtime import autocast, autocast_dtype, compiled, configure_cpu, resolve_device
 from vitlab.engine.schedule import warmup_cosine
-from vitlab.errors import CheckpointError, ConfigError
+from vitlab.errors import CheckpointError, ConfigError, VitlabError
 from vitlab.interrupts import raise_swallowed_interrupt
 from vitlab.models.registry import build_model
 
@@ -135,7 +136,8 @@ class Trainer:
         self.steps_per_epoch = num_batches(len(self.train_set), config.train.batch_size, drop_last=True)
         if self.steps_per_epoch == 0:
             raise ConfigError(
-                f"train.batch_size={config.train.batch_size} is larger than the {len(self.train_set)} training images"
+                f"train.batch_size={config.train.batch_size} is larger than the {len(self.train_set)} training images; "
+                f"pass train.batch_size=N with N at most {len(self.train_set)}"
             )
         self.start_epoch = 0
         self.best_accuracy = -1.0
@@ -459,6 +461,29 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, run_dir / "config.yaml")
+
+
+def start_new_run(config: RunConfig, run_dir: Path) -> Trainer:
+    """Create run_dir with the config saved in it, then its Trainer.
+
+    A run the Trainer refuses (a data set it cannot open, a batch larger than the data) leaves no run
+    directory behind: only the config was written, and nothing can resume from a run that never started.
+    """
+    world = world_from_environment()
+    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
+    if world.is_main:  # one process creates the run directory; the others wait for it
+        prepare_run_dir(config, run_dir)
+    barrier(world)
+    try:
+        return Trainer(config, run_dir)
+    except VitlabError:
+        if world.is_main:
+            (run_dir / "config.yaml").unlink(missing_ok=True)
+            for folder in created:
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
+        raise
 
 
 def saved_config_path(run_dir: Path) -> Path:
