@@ -444,8 +444,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"{source}")
     print(f"  parameters        {payload['parameters']:,}")
-    print(f"  forward FLOPs     {payload['forward_flops_per_image'] / 1e6:,.2f} M per image")
-    print(f"  training FLOPs    {payload['training_flops_per_image'] / 1e6:,.2f} M per image (3x forward)")
+    print(f"  forward FLOPs     {flops_text(payload['forward_flops_per_image'])} per image")
+    print(f"  training FLOPs    {flops_text(payload['training_flops_per_image'])} per image (3x forward)")
     if config.arch == "vit":
         tokens = config.num_tokens
         print(f"  tokens            {tokens} ({config.grid_size}x{config.grid_size} patches of {config.patch_size}px)")
@@ -463,6 +463,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         shown = f"{value:.2%}" if "accuracy" in name else f"{value:.4f}"
         print(f"  {name.replace('_', ' '):<17} {shown}")
     return 0
+
+
+def flops_text(flops: float) -> str:
+    """'5.83 M' or '8.62 G': three significant figures or so, in the unit that keeps them short."""
+    return f"{flops / 1e9:,.2f} G" if flops >= 1e9 else f"{flops / 1e6:,.2f} M"
 
 
 # ----- report and attention --------------------------------------------------------------------
