@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -5,9 +7,11 @@ from PIL import Image
 
 import vitlab
 from tests.helpers import tiny_config
+from vitlab.data.tensors import to_model_input
 from vitlab.engine.checkpoint import save_checkpoint
-from vitlab.errors import ImageError
+from vitlab.errors import ConfigError, ImageError
 from vitlab.export import ExportError, OnnxClassifier, export_onnx, export_torchscript
+from vitlab.models.registry import build_model, model_config
 from vitlab.models.vit import ViT
 
 INFO = {"class_names": list("abcdefghij"), "mean": [0.1307], "std": [0.3081], "dataset": "mnist"}
@@ -88,6 +92,22 @@ def test_python_api_splits_stacked_batches_into_images(checkpoint, monkeypatch):
     assert classifier.predict_proba(torch.from_numpy(digits[:1])).shape == (1, 10)  # (1, H, W): one grey image
     with pytest.raises(ImageError, match="1, 2, 3 or 4 channels"):
         classifier.predict(np.zeros((28, 28, 5), dtype=np.uint8)[None])
+
+
+def test_a_cnn_runs_at_another_size_and_an_onnx_file_only_at_its_own(tmp_path, checkpoint):
+    cnn = build_model(dataclasses.replace(model_config("resnet-small"), in_channels=1, num_classes=10)).eval()
+    save_checkpoint(tmp_path / "cnn.safetensors", cnn, INFO)
+    digit = (np.random.default_rng(4).random((28, 28)) * 255).astype(np.uint8)
+    big = vitlab.load(tmp_path / "cnn.safetensors", img_size=40)
+    pixels = big.to_uint8(digit)
+    assert big.img_size == 40 and pixels.shape == (1, 40, 40)  # resized to 40, not to the trained 28
+    with torch.no_grad():
+        expected = cnn(to_model_input(pixels[None], INFO["mean"], INFO["std"], 40, 1)).softmax(dim=1)
+    torch.testing.assert_close(big.predict_proba(digit), expected, atol=1e-6, rtol=0)
+    _, model = checkpoint
+    export_onnx(model, INFO, tmp_path / "model.onnx", dynamic_batch=False)
+    with pytest.raises(ConfigError, match="runs at the 28x28 it was exported at"):
+        vitlab.load(tmp_path / "model.onnx", img_size=42)
 
 
 def test_python_api_runs_an_exported_onnx_file(tmp_path, checkpoint):

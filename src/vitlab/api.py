@@ -19,7 +19,7 @@ from PIL import Image
 
 from vitlab.data.images import convert_image, load_image
 from vitlab.data.tensors import to_model_input
-from vitlab.errors import ImageError
+from vitlab.errors import ConfigError, ImageError
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 PREDICT_CHUNK = 256  # images per forward pass in predict_proba
@@ -65,6 +65,11 @@ class Classifier:
             self._onnx = OnnxClassifier(path)
             self.metadata: dict[str, Any] = self._onnx.metadata
             self.channels, self.img_size = self._onnx.channels, self._onnx.img_size
+            if img_size and img_size != self.img_size:
+                raise ConfigError(
+                    f"{path} runs at the {self.img_size}x{self.img_size} it was exported at; "
+                    "another size needs the checkpoint (or an export made from it at that size)"
+                )
             self._model = None
         else:
             from vitlab.engine.checkpoint import load_checkpoint
@@ -72,7 +77,7 @@ class Classifier:
 
             reuse_freed_memory()  # batched prediction reallocates the same activations every call
             self._model, self.metadata = load_checkpoint(path)
-            if img_size and img_size != self._model.config.img_size and self._model.config.arch == "vit":
+            if img_size and img_size != self._model.config.img_size:
                 self._model = at_image_size(self._model, img_size)
             self.channels, self.img_size = self._model.config.in_channels, self._model.config.img_size
             self._onnx = None
@@ -132,13 +137,18 @@ class Classifier:
 
 
 def at_image_size(model: torch.nn.Module, img_size: int) -> torch.nn.Module:
-    """The same ViT for another input size: the learned position table is resampled to the new patch grid."""
+    """The same model for another input size: a ViT's learned position table is resampled to the new patch
+    grid; a CNN's convolutions and global pooling take any size as they are."""
     import dataclasses
 
     from vitlab.engine.finetune import adapt_state
     from vitlab.models.vit import ViT
 
     config = dataclasses.replace(model.config, img_size=img_size)
+    config.validate()
+    if config.arch != "vit":
+        model.config = config
+        return model
     resized = ViT(config).eval()
     resized.load_state_dict(adapt_state(model.state_dict(), model.config, config, keep_head=True))
     return resized

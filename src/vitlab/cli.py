@@ -634,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     predict.add_argument("--top-k", type=positive_int, default=3)
     predict.add_argument(
-        "--img-size", type=positive_int, help="run a ViT at another input size (position table resampled)"
+        "--img-size", type=positive_int, help="run at another input size (a ViT's position table is resampled)"
     )
     predict.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
     predict.add_argument("--json", action="store_true")
