@@ -56,6 +56,14 @@ def test_eval_reports_accuracy_and_per_class_accuracy(trained_run):
     assert "accuracy" in human and "top-5" in human
 
 
+def test_eval_on_a_missing_device_fails_before_reading_data(trained_run, monkeypatch):
+    run_dir, _ = trained_run
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU, even on a machine that has one
+    _assert_clean_error(
+        vitlab("eval", run_dir, "--dataset", "cifar10", "--device", "cuda", check=False), "--device cuda"
+    )
+
+
 def test_eval_reads_the_data_set_from_where_the_run_trained_on_it(tmp_path):
     run_dir = tmp_path / "run"
     data_dir = SHARED_DATA / "fashion-mnist"

@@ -300,6 +300,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.engine.runtime import autocast_dtype, configure_cpu, resolve_device
 
     model, metadata = load_checkpoint(args.checkpoint)
+    device = resolve_device(args.device, "--device")  # a device that is not there fails before data is read
     name = args.dataset or metadata.get("dataset", "mnist")
     config = model.config
     data = open_dataset(
@@ -318,7 +319,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     configure_cpu()
-    device = resolve_device(args.device)
     model.to(device)
     scores = evaluate(
         model,

@@ -12,8 +12,10 @@ from vitlab.errors import ConfigError
 def test_auto_device_follows_cuda_availability(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.resolve_device("auto").type == "cpu"
-    with pytest.raises(ConfigError, match="no CUDA device"):
+    with pytest.raises(ConfigError, match="train.device cuda asks for CUDA, but no CUDA device"):
         runtime.resolve_device("cuda")
+    with pytest.raises(ConfigError, match="--device cuda:1 asks for CUDA"):
+        runtime.resolve_device("cuda:1", "--device")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert runtime.resolve_device("auto").type == "cuda"
     with pytest.raises(ConfigError, match="unknown device"):

@@ -15,16 +15,16 @@ from vitlab.cores import available_cores
 from vitlab.errors import ConfigError
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU; a named device must exist."""
+def resolve_device(name: str = "auto", setting: str = "train.device") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; a named device must exist. `setting` names the option in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+        raise ConfigError(f"unknown device {name!r} for {setting}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available; use auto or cpu")
+        raise ConfigError(f"{setting} {name} asks for CUDA, but no CUDA device is available; use auto or cpu")
     return device
 
 
