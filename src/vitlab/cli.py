@@ -723,6 +723,9 @@ def _run_command(argv: list[str] | None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except OSError as exc:  # the file system refused: a path that is a file, no permission, a full disk...
+        _report_error(f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc))
+        return 2
     except (KeyboardInterrupt, Exception) as exc:
         if not stopped_by_ctrl_c(exc):
             raise
