@@ -1,6 +1,6 @@
 import pytest
 
-from vitlab.config import RunConfig, apply_overrides, load_yaml, save_yaml
+from vitlab.config import RunConfig, apply_overrides, load_yaml, parse_duration, save_yaml
 from vitlab.errors import ConfigError
 from vitlab.recipes import resolve_run_config
 
@@ -58,3 +58,19 @@ def test_folder_and_data_paths_are_saved_absolute(tmp_path, monkeypatch):
     assert config.data.dataset == str(tmp_path.resolve() / "pictures")
     assert config.data.data_dir == str(tmp_path.resolve() / "cache" / "here")
     assert resolve_run_config(dataset="mnist").data.dataset == "mnist"  # a named data set stays a name
+
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400), ("10 min", 600), ("2 hours", 7200)],
+)
+def test_durations_are_read_in_the_forms_people_write(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["abc", "10x", "10 20", "1h 5", "1h-5m", "m"])
+def test_unreadable_durations_say_how_to_write_one(text):
+    with pytest.raises(ConfigError, match="cannot read duration .*; write e.g. 90s, 10m, 1.5h or 1h30m"):
+        parse_duration(text)
+    with pytest.raises(ConfigError, match="must be positive"):
+        parse_duration("0s")

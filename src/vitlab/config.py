@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -354,16 +355,25 @@ def save_yaml(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+DURATION_UNITS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+}
+DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
+
+
 def parse_duration(text: str) -> float:
-    """Seconds from '90', '90s', '10m', '1.5h' (a bare number is seconds)."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    """Seconds from '90', '90s', '10m', '1.5h', '1h30m' or '10 min' (a bare number is seconds)."""
     value = text.strip().lower()
-    scale = units.get(value[-1:])
-    number = value[:-1] if scale else value
-    try:
-        seconds = float(number) * (scale or 1.0)
-    except ValueError:
-        raise ConfigError(f"cannot read duration {text!r}; write e.g. 90s, 10m or 1h") from None
+    seconds, position = 0.0, 0
+    while position < len(value):
+        part = DURATION_PART.match(value, position)
+        bare = part is not None and not part.group(2) and (position > 0 or part.end() < len(value))
+        if part is None or bare or (part.group(2) and part.group(2) not in DURATION_UNITS):
+            raise ConfigError(f"cannot read duration {text!r}; write e.g. 90s, 10m, 1.5h or 1h30m")
+        seconds += float(part.group(1)) * DURATION_UNITS.get(part.group(2), 1.0)
+        position = part.end()
     if seconds <= 0:
         raise ConfigError(f"duration {text!r} must be positive")
     return seconds
