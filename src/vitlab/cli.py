@@ -609,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     for command in (train, finetune):
         command.add_argument("--epochs", type=positive_int, help="number of epochs")
-        command.add_argument("--time-budget", help="train for this long (e.g. 10m, 90s, 1h30m) with the schedule on time")
+        command.add_argument(
+            "--time-budget", help="train for this long (e.g. 10m, 90s, 1h30m) with the schedule on time"
+        )
         command.add_argument("--out", help="run directory (default: runs/<dataset>-<time>)")
         command.add_argument("--seed", type=int, help="random seed; the same seed repeats the run")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
