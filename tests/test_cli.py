@@ -272,11 +272,11 @@ def test_training_writes_a_report_and_report_rebuilds_it(trained_run):
     assert (run_dir / "report" / "curves.png").exists()
 
 
-def test_a_path_the_file_system_refuses_gives_one_line(trained_run, tmp_path):
+def test_a_path_the_file_system_refuses_gives_one_line(trained_run, tmp_path, mnist_test):
     run_dir, _ = trained_run
     (tmp_path / "taken").write_text("a file where a folder should go")
     digit = tmp_path / "digit.png"
-    Image.fromarray(load_split("mnist", "test").images[0, 0].numpy()).save(digit)
+    Image.fromarray(mnist_test.images[0, 0].numpy()).save(digit)
     refused = vitlab("attention", run_dir, digit, "--out", tmp_path / "taken", check=False)
     _assert_clean_error(refused, f"File exists: {tmp_path / 'taken'}")
 

@@ -87,11 +87,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         shape = f"width {model.embed_dim}, depth {model.depth}"
         if model.arch == "vit":  # the preset's name alone hides what a recipe or override changed
             shape = f"patch {model.patch_size}{' after a conv stem' if model.stem == 'conv' else ''}, {shape}"
-        epochs = cfg.train.epochs
-        workers = f"{trainer.threads} thread{'s' * (trainer.threads != 1)}"
+        workers = counted(trainer.threads, "thread")
         if world.size > 1:
             workers = f"{world.size} processes x {workers}"
-        length = f"{cfg.train.time_budget:.0f} s" if cfg.train.time_budget else f"{epochs} epoch{'s' * (epochs != 1)}"
+        length = f"{cfg.train.time_budget:.0f} s" if cfg.train.time_budget else counted(cfg.train.epochs, "epoch")
         print(
             f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {cfg.data.dataset} "
             f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
@@ -154,6 +153,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
 # What a resumed run keeps as it was set up, by the option that would otherwise change it.
 FIXED_ON_RESUME = {
     "dataset": "--dataset",
@@ -169,7 +173,9 @@ FIXED_ON_RESUME = {
 
 def refuse_changes_on_resume(args: argparse.Namespace) -> None:
     """--resume continues a run exactly as it was set up: options that would change it are an error, not ignored."""
-    given = [flag for name, flag in FIXED_ON_RESUME.items() if args.resume and getattr(args, name, None)]
+    if not args.resume:
+        return
+    given = [flag for name, flag in FIXED_ON_RESUME.items() if getattr(args, name, None)]
     if given:
         raise ConfigError(
             f"--resume continues a run as it was set up: {', '.join(given)} cannot change it (--epochs can)"
@@ -576,6 +582,17 @@ def version_line() -> str:
     return f"vitlab {__version__} (torch {version('torch')}, Python {platform.python_version()})"
 
 
+class _VersionAction(argparse.Action):
+    """--version: print version_line() and exit; read only when asked (about 30 ms, on every command otherwise)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the versions and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        print(version_line())  # on stdout, as argparse's own version action prints
+        parser.exit(0)
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts and sizes: a whole number of at least 1."""
     try:
@@ -590,7 +607,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model and evaluate it after each epoch")

@@ -119,8 +119,10 @@ def build_report(run_dir: str | Path) -> Path:
         f"| final test loss | {scores.loss:.4f} |",
         f"| top-5 accuracy | {scores.top5_accuracy:.2%} |",
         f"| training speed (last epoch) | {history[-1]['images_per_second']:,.0f} images/s |",
-        *[f"| {key.replace('_', ' ')} | {value:,} |" for key, value in facts.items() if isinstance(value, int)],
-        *[f"| {key.replace('_', ' ')} | {value} |" for key, value in facts.items() if not isinstance(value, int)],
+        *[
+            f"| {key.replace('_', ' ')} | {f'{value:,}' if isinstance(value, int) else value} |"
+            for key, value in facts.items()
+        ],
         "",
         "## Curves",
         "",
