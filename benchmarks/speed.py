@@ -141,7 +141,7 @@ def exported_onnx(model: torch.nn.Module) -> OnnxClassifier:
     (onnxruntime, fp32, its default of one thread per core): inference only."""
     with tempfile.TemporaryDirectory(prefix="vitlab-speed-") as folder:  # the session keeps the graph
         path = Path(folder) / "model.onnx"
-        export_onnx(copy.deepcopy(model), {}, path, dynamic_batch=True)
+        export_onnx(copy.deepcopy(model), {}, path)
         return OnnxClassifier(path)
 
 

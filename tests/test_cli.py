@@ -16,6 +16,7 @@ from PIL import Image
 import vitlab as vitlab_package
 from tests.helpers import SHARED_DATA, unreadable_image_folder
 from vitlab.data.sources import load_split
+from vitlab.export import OnnxClassifier
 
 QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
 
@@ -325,8 +326,9 @@ def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
 
 def test_export_onnx_then_predict_with_it(trained_run, tmp_path):
     run_dir, _ = trained_run
-    out = json.loads(vitlab("export", run_dir, "--dynamic-batch", "--out", tmp_path / "m.onnx", "--json").stdout)
+    out = json.loads(vitlab("export", run_dir, "--out", tmp_path / "m.onnx", "--json").stdout)
     assert out["max_abs_diff"] <= 1e-4 and out["format"] == "onnx"
+    assert OnnxClassifier(tmp_path / "m.onnx").fixed_batch is None  # any batch unless --fixed-batch
     digit = load_split("mnist", "test").images[0, 0].numpy()
     Image.fromarray(digit).save(tmp_path / "seven.png")
     via_onnx = json.loads(vitlab("predict", tmp_path / "m.onnx", tmp_path / "seven.png", "--json").stdout)
@@ -336,6 +338,10 @@ def test_export_onnx_then_predict_with_it(trained_run, tmp_path):
     assert abs(top_onnx["probability"] - top_torch["probability"]) < 1e-4
     ts = json.loads(vitlab("export", run_dir, "--format", "torchscript", "--out", tmp_path / "m.pt", "--json").stdout)
     assert ts["format"] == "torchscript" and (tmp_path / "m.pt").exists()
+    fixed = vitlab(
+        "export", run_dir, "--format", "torchscript", "--fixed-batch", 8, "--out", tmp_path / "f.pt", check=False
+    )
+    _assert_clean_error(fixed, "--fixed-batch applies to ONNX files")
 
 
 def test_finetune_command_from_a_trained_run(trained_run, tmp_path):

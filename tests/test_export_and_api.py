@@ -26,14 +26,15 @@ def checkpoint(tmp_path):
     return tmp_path / "model.safetensors", model
 
 
-@pytest.mark.parametrize("dynamic_batch", [False, True])
-def test_onnx_export_matches_pytorch_and_carries_metadata(tmp_path, checkpoint, dynamic_batch):
+@pytest.mark.parametrize("fixed_batch", [None, 1, 2])
+def test_onnx_export_matches_pytorch_and_carries_metadata(tmp_path, checkpoint, fixed_batch):
     path, model = checkpoint
-    result = export_onnx(model, INFO, tmp_path / "model.onnx", dynamic_batch)
+    result = export_onnx(model, INFO, tmp_path / "model.onnx", fixed_batch)
     assert result.max_abs_diff <= 1e-4
     onnx_model = OnnxClassifier(tmp_path / "model.onnx")
+    assert onnx_model.fixed_batch == fixed_batch
     assert onnx_model.metadata["class_names"] == INFO["class_names"]
-    images = torch.randn(3, 1, 28, 28)
+    images = torch.randn(3, 1, 28, 28)  # with a fixed batch of 2: a full chunk, then one image padded to two
     with torch.no_grad():
         torch.testing.assert_close(onnx_model.logits(images), model(images), atol=1e-4, rtol=0)
 
@@ -42,13 +43,13 @@ def test_failed_onnx_check_leaves_no_file(tmp_path, checkpoint, monkeypatch):
     _, model = checkpoint
     monkeypatch.setattr("vitlab.export.ONNX_TOLERANCE", -1.0)  # no output can pass
     with pytest.raises(ExportError, match="differs from PyTorch"):
-        export_onnx(model, INFO, tmp_path / "bad.onnx", dynamic_batch=True)
+        export_onnx(model, INFO, tmp_path / "bad.onnx")
     assert list(tmp_path.glob("bad.onnx*")) == [] and list(tmp_path.glob(".bad.onnx*")) == []
 
 
 def test_torchscript_export_runs_any_batch(tmp_path, checkpoint):
     _, model = checkpoint
-    result = export_torchscript(model, tmp_path / "model.pt", dynamic_batch=True)
+    result = export_torchscript(model, tmp_path / "model.pt")
     assert result.max_abs_diff <= 1e-5
     loaded = torch.jit.load(str(tmp_path / "model.pt"))
     assert loaded(torch.randn(7, 1, 28, 28)).shape == (7, 10)
@@ -105,14 +106,14 @@ def test_a_cnn_runs_at_another_size_and_an_onnx_file_only_at_its_own(tmp_path, c
         expected = cnn(to_model_input(pixels[None], INFO["mean"], INFO["std"], 40, 1)).softmax(dim=1)
     torch.testing.assert_close(big.predict_proba(digit), expected, atol=1e-6, rtol=0)
     _, model = checkpoint
-    export_onnx(model, INFO, tmp_path / "model.onnx", dynamic_batch=False)
+    export_onnx(model, INFO, tmp_path / "model.onnx")
     with pytest.raises(ConfigError, match="runs at the 28x28 it was exported at"):
         vitlab.load(tmp_path / "model.onnx", img_size=42)
 
 
 def test_python_api_runs_an_exported_onnx_file(tmp_path, checkpoint):
     path, model = checkpoint
-    export_onnx(model, INFO, tmp_path / "model.onnx", dynamic_batch=False)
+    export_onnx(model, INFO, tmp_path / "model.onnx")
     digit = (np.random.default_rng(1).random((28, 28)) * 255).astype(np.uint8)
     from_onnx = vitlab.load(tmp_path / "model.onnx").predict([digit, digit])
     from_torch = vitlab.load(path).predict([digit, digit])

@@ -404,14 +404,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vitlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from vitlab.export import export_onnx, export_torchscript
 
+    if args.fixed_batch and args.format != "onnx":
+        raise ConfigError("--fixed-batch applies to ONNX files; a TorchScript file takes any batch")
     model, metadata = load_checkpoint(args.checkpoint)
     source = resolve_checkpoint(args.checkpoint)
     suffix = ".onnx" if args.format == "onnx" else ".pt"
     out = Path(args.out) if args.out else source.with_suffix(suffix)
     if args.format == "onnx":
-        result = export_onnx(model, metadata, out, args.dynamic_batch)
+        result = export_onnx(model, metadata, out, args.fixed_batch)
     else:
-        result = export_torchscript(model, out, args.dynamic_batch)
+        result = export_torchscript(model, out)
     if args.json:
         _print_json({"path": str(result.path), "format": result.format, "max_abs_diff": result.max_abs_diff})
     else:
@@ -688,7 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime) or TorchScript")
     export.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    export.add_argument("--dynamic-batch", action="store_true", help="accept any batch size (default: batch of 1)")
+    export.add_argument(
+        "--fixed-batch", type=positive_int, metavar="N", help="an ONNX graph for batches of exactly N (default: any)"
+    )
+    export.add_argument(
+        "--dynamic-batch", action="store_true", help=argparse.SUPPRESS
+    )  # old scripts pass it; any batch is the default now
     export.add_argument("--out", help="output file (default: beside the checkpoint)")
     export.add_argument("--json", action="store_true")
     export.set_defaults(handler=cmd_export)

@@ -82,17 +82,17 @@ def _example(model: nn.Module, batch: int) -> torch.Tensor:
     return torch.randn(batch, config.in_channels, config.img_size, config.img_size, generator=generator)
 
 
-def export_onnx(model: nn.Module, metadata: dict[str, Any], path: Path, dynamic_batch: bool) -> ExportResult:
-    """Write an ONNX file and check it with onnxruntime on a batch of random images."""
+def export_onnx(model: nn.Module, metadata: dict[str, Any], path: Path, fixed_batch: int | None = None) -> ExportResult:
+    """Write an ONNX file that takes any batch (or only `fixed_batch` images) and check it with onnxruntime."""
     onnx = _require("onnx")
     _require("onnxscript")
     ort = _require("onnxruntime")
     model = model.float().eval()
     model.set_attention_kernel("manual")  # the explicit path exports to plain ONNX operators
-    example = _example(model, 2 if dynamic_batch else 1)
+    example = _example(model, fixed_batch or 2)
     with _temporary_beside(path) as tmp:
         options: dict[str, Any] = {"input_names": ["images"], "output_names": ["logits"], "dynamo": True}
-        if dynamic_batch:
+        if fixed_batch is None:
             options["dynamic_shapes"] = {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
         try:
             with _quiet_exporters():
@@ -105,7 +105,7 @@ def export_onnx(model: nn.Module, metadata: dict[str, Any], path: Path, dynamic_
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = f"vitlab.{key}", json.dumps(metadata[key])
         onnx.save_model(proto, str(tmp))
-        check_batch = _example(model, 5 if dynamic_batch else 1)
+        check_batch = _example(model, fixed_batch or 5)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         (got,) = session.run(None, {"images": check_batch.numpy()})
         with torch.no_grad():
@@ -116,15 +116,15 @@ def export_onnx(model: nn.Module, metadata: dict[str, Any], path: Path, dynamic_
     return ExportResult(path, "onnx", diff)
 
 
-def export_torchscript(model: nn.Module, path: Path, dynamic_batch: bool) -> ExportResult:
-    """Trace the model to TorchScript and check the traced module against eager PyTorch."""
+def export_torchscript(model: nn.Module, path: Path) -> ExportResult:
+    """Trace the model to TorchScript and check the traced module, at another batch size, against eager PyTorch."""
     model = model.float().eval()
     model.set_attention_kernel("manual")
     with _temporary_beside(path) as tmp, torch.no_grad():
         with _quiet_exporters():
             traced = torch.jit.trace(model, _example(model, 2))
         traced.save(str(tmp))
-        check = _example(model, 5 if dynamic_batch else 2)
+        check = _example(model, 5)
         diff = float((torch.jit.load(str(tmp))(check) - model(check)).abs().max())
     return ExportResult(path, "torchscript", diff)
 
@@ -147,9 +147,13 @@ class OnnxClassifier:
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
 
     def logits(self, normalised: torch.Tensor) -> torch.Tensor:
-        """Run the graph on normalised images, one at a time when the file has a fixed batch of 1."""
+        """Run the graph on normalised images; a file exported with a fixed batch takes them in chunks of it."""
         arrays = normalised.float().numpy()
-        if self.fixed_batch == 1:
-            outputs = [self.session.run(None, {"images": arrays[i : i + 1]})[0] for i in range(len(arrays))]
-            return torch.from_numpy(np.concatenate(outputs))
-        return torch.from_numpy(self.session.run(None, {"images": arrays})[0])
+        if self.fixed_batch is None:
+            return torch.from_numpy(self.session.run(None, {"images": arrays})[0])
+        outputs = []
+        for start in range(0, len(arrays), self.fixed_batch):
+            chunk = arrays[start : start + self.fixed_batch]
+            padding = np.zeros((self.fixed_batch - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+            outputs.append(self.session.run(None, {"images": np.concatenate([chunk, padding])})[0][: len(chunk)])
+        return torch.from_numpy(np.concatenate(outputs))
