@@ -65,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.engine.runtime import resolve_device
     from vitlab.engine.train import EpochStats, start_new_run, trainer_for_resume
     from vitlab.interrupts import stopped_by_ctrl_c
+    from vitlab.launch import interrupted_message, launched_worker
     from vitlab.report.progress import TrainingProgress
     from vitlab.report.tensorboard import TensorBoardLogger
 
@@ -182,44 +183,11 @@ def refuse_changes_on_resume(args: argparse.Namespace) -> None:
         )
 
 
-def interrupted_message(run_dir: Path, nproc: int = 1) -> str:
-    """What a stopped run tells the user: how to continue it (from its last finished epoch, or from the start)."""
-    if not (run_dir / "config.yaml").is_file():
-        return "vitlab: interrupted before the run started; nothing was saved"
-    again = f"vitlab train --resume {run_dir}" + (f" --nproc {nproc}" if nproc > 1 else "")
-    return f"vitlab: interrupted; continue from the last finished epoch with: {again}"
-
-
-# Workers started by --nproc write their one-line error here instead of printing it, so that the
-# launcher prints it once (not once per process) and without torchrun's report of a failed worker.
-# An interruption, too, is the launcher's to report.
-WORKER_ERRORS_VARIABLE = "VITLAB_WORKER_ERRORS"
-LAUNCHER_PID_VARIABLE = "VITLAB_LAUNCHER_PID"
-
-
-def launched_worker() -> bool:
-    """Whether this process is one of the training processes `--nproc` started."""
-    import os
-
-    return WORKER_ERRORS_VARIABLE in os.environ and "RANK" in os.environ
-
-
 def launch_processes(args: argparse.Namespace) -> int:
-    """Re-run this command under torchrun with --nproc processes (gloo on CPU, nccl on GPU)."""
-    import logging
-    import os
-    import tempfile
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser
-    from torch.distributed.run import run as torchrun
-
-    from vitlab.cores import available_cores
+    """Re-run this command as --nproc training processes, after the checks that need doing only once."""
     from vitlab.engine.train import check_new_run_dir, saved_config_path
-    from vitlab.interrupts import raise_swallowed_interrupt
+    from vitlab.launch import run_processes
 
-    # What can be checked before the processes start is checked here, once.
     label = ""
     if args.resume:
         saved_config_path(Path(args.resume))
@@ -228,73 +196,22 @@ def launch_processes(args: argparse.Namespace) -> int:
         if args.out:
             check_new_run_dir(Path(args.out))
     argv = list(sys.argv[1:])
-    for flag in ("--nproc",):  # drop "--nproc N" / "--nproc=N": the children are the processes
-        while flag in argv:
-            index = argv.index(flag)
-            del argv[index : index + 2]
-        argv = [a for a in argv if not a.startswith(flag + "=")]
+    while "--nproc" in argv:  # drop "--nproc N" / "--nproc=N": the children are the processes
+        index = argv.index("--nproc")
+        del argv[index : index + 2]
+    argv = [a for a in argv if not a.startswith("--nproc=")]
     run_dir = Path(args.resume or args.out or _default_run_dir(label))
     if not args.out and not args.resume:  # every process must write to the same run directory
         argv += ["--out", str(run_dir)]
-    # Setting the thread count ourselves also keeps torchrun from printing its banner about it.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // args.nproc)))
-    # This process is torchrun's agent; its log repeats, as a traceback, what the workers print. Each
-    # of its modules sets its own logger's level, so the parent's level alone does not quiet them.
-    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
-        if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    # Ctrl-C stays a KeyboardInterrupt here instead of torchrun's signal of the same name forwarded to
-    # the workers: its agent then stops them with SIGTERM, which ends a worker at once wherever it is
-    # (Python sets no handler for it), even half-started or blocked in a collective call. (torchrun
-    # sets TORCHELASTIC_SIGNALS_TO_HANDLE from this option, so the variable alone is overwritten.)
-    launch = get_args_parser().parse_args(
-        ["--standalone", f"--nproc_per_node={args.nproc}", "--signals_to_handle=SIGTERM,SIGHUP,SIGQUIT"]
-        + ["-m", "vitlab", *argv]
-    )
-    raise_swallowed_interrupt()  # one an import above swallowed: processes started now would never get it
-    with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
-        os.environ[WORKER_ERRORS_VARIABLE] = errors
-        os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())  # torchrun's agent, in this process, starts them
-        try:
-            torchrun(launch)
-        except (SignalException, KeyboardInterrupt):
-            print(interrupted_message(run_dir, args.nproc), file=sys.stderr)
-            return 130
-        except ChildFailedError as failure:
-            messages = sorted({path.read_text() for path in Path(errors).glob("rank*.txt")})
-            if messages:
-                raise VitlabError("; ".join(messages)) from None
-            # The first failure is the cause; torchrun then stops the other processes with SIGTERM.
-            rank, first = failure.get_first_failure()
-            raise VitlabError(
-                f"training process {rank} failed ({describe_exit(first.exitcode)}); its output is above"
-            ) from None
-    return 0
-
-
-def describe_exit(code: int) -> str:
-    """'exit code 3', or for a process a signal ended, 'killed by SIGABRT'."""
-    import signal
-
-    if code >= 0:
-        return f"exit code {code}"
-    try:
-        return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"killed by signal {-code}"
+    return run_processes(argv, args.nproc, run_dir)
 
 
 def _report_error(message: str) -> None:
     """A user error: one line on stderr, or, in a worker of --nproc, a file for the launcher to print."""
-    import os
+    from vitlab.launch import leave_error_for_launcher
 
-    if launched_worker():
-        try:
-            (Path(os.environ[WORKER_ERRORS_VARIABLE]) / f"rank{os.environ['RANK']}.txt").write_text(message)
-            return
-        except OSError:
-            pass  # the launcher is gone: say it here
-    print(f"vitlab: error: {message}", file=sys.stderr)
+    if not leave_error_for_launcher(message):
+        print(f"vitlab: error: {message}", file=sys.stderr)
 
 
 # ----- eval --------------------------------------------------------------------------------------
@@ -720,14 +637,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(argv: list[str] | None) -> int:
-    import os
-
-    from vitlab.interrupts import end_with_parent, interrupts_deferred, stopped_by_ctrl_c, take_interrupts
+    from vitlab.interrupts import interrupts_deferred, stopped_by_ctrl_c, take_interrupts
+    from vitlab.launch import follow_launcher, launched_worker
 
     take_interrupts()
     try:
-        if launched_worker() and LAUNCHER_PID_VARIABLE in os.environ:
-            end_with_parent(int(os.environ[LAUNCHER_PID_VARIABLE]))
+        follow_launcher()
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may follow options (argparse stops filling a positional list at the first option).
