@@ -336,6 +336,12 @@ def test_export_onnx_then_predict_with_it(trained_run, tmp_path):
     top_onnx, top_torch = via_onnx["predictions"][0]["top_k"][0], via_torch["predictions"][0]["top_k"][0]
     assert top_onnx["class"] == top_torch["class"]
     assert abs(top_onnx["probability"] - top_torch["probability"]) < 1e-4
+    scored_onnx = json.loads(vitlab("eval", tmp_path / "m.onnx", "--json").stdout)
+    scored_torch = json.loads(vitlab("eval", run_dir, "--json").stdout)
+    assert scored_onnx["num_examples"] == scored_torch["num_examples"] == 10000
+    assert abs(scored_onnx["accuracy"] - scored_torch["accuracy"]) <= 2e-4  # a near-tie may flip, no more
+    assert abs(scored_onnx["loss"] - scored_torch["loss"]) < 1e-4
+    _assert_clean_error(vitlab("info", tmp_path / "m.onnx", check=False), "is an exported ONNX file")
     ts = json.loads(vitlab("export", run_dir, "--format", "torchscript", "--out", tmp_path / "m.pt", "--json").stdout)
     assert ts["format"] == "torchscript" and (tmp_path / "m.pt").exists()
     fixed = vitlab(

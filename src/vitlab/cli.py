@@ -219,21 +219,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.config import DataConfig
     from vitlab.data.datasets import open_dataset
     from vitlab.engine.checkpoint import load_checkpoint
-    from vitlab.engine.evaluate import evaluate
+    from vitlab.engine.evaluate import batched_logits, evaluate, scores_from_logits
     from vitlab.engine.runtime import autocast_dtype, configure_cpu, resolve_device
 
-    model, metadata = load_checkpoint(args.checkpoint)
-    device = resolve_device(args.device, "--device")  # a device that is not there fails before data is read
+    exported = None
+    if Path(args.checkpoint).suffix == ".onnx":
+        from vitlab.export import OnnxClassifier
+
+        if args.device not in ("auto", "cpu"):
+            raise ConfigError("an ONNX file runs on the CPU through onnxruntime; drop --device")
+        exported = OnnxClassifier(args.checkpoint)
+        metadata = exported.metadata
+        channels, img_size, num_classes = exported.channels, exported.img_size, exported.num_classes
+        if "mean" not in metadata or "std" not in metadata:
+            raise ConfigError(f"{args.checkpoint} carries no normalisation in its metadata; export it with vitlab")
+    else:
+        model, metadata = load_checkpoint(args.checkpoint)
+        device = resolve_device(args.device, "--device")  # a device that is not there fails before data is read
+        channels, img_size, num_classes = model.config.in_channels, model.config.img_size, model.config.num_classes
     name = args.dataset or metadata.get("dataset", "mnist")
-    config = model.config
     data = open_dataset(
         DataConfig(dataset=name, data_dir=args.data_dir or trained_data_dir(metadata, name)),
-        config.in_channels,
-        config.img_size,
+        channels,
+        img_size,
         splits=("test",),
     )
-    if len(data.class_names) != config.num_classes:
-        raise ConfigError(f"the model has {config.num_classes} classes but {name} has {len(data.class_names)}")
+    if len(data.class_names) != num_classes:
+        raise ConfigError(f"the model has {num_classes} classes but {name} has {len(data.class_names)}")
     trained_names = list(metadata.get("class_names") or data.class_names)
     if trained_names != list(data.class_names):
         print(
@@ -241,17 +253,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{', '.join(data.class_names[:3])}, ...: its scores match class numbers, not names",
             file=sys.stderr,
         )
-    configure_cpu()
-    model.to(device)
-    scores = evaluate(
-        model,
-        data.test.images,
-        data.test.labels,
-        mean=metadata["mean"],
-        std=metadata["std"],
-        device=device,
-        dtype=autocast_dtype("auto", device),
-    )
+    normalisation = {"mean": metadata["mean"], "std": metadata["std"]}
+    if exported is not None:
+        logits = batched_logits(
+            exported.logits,
+            data.test.images,
+            **normalisation,
+            img_size=img_size,
+            channels=channels,
+            num_classes=num_classes,
+        )
+        scores = scores_from_logits(logits, data.test.labels)
+    else:
+        configure_cpu()
+        model.to(device)
+        dtype = autocast_dtype("auto", device)
+        scores = evaluate(model, data.test.images, data.test.labels, **normalisation, device=device, dtype=dtype)
     payload = {"checkpoint": str(args.checkpoint), "dataset": name, **scores.to_dict(data.class_names)}
     if args.json:
         _print_json(payload)
@@ -557,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.002")
         command.set_defaults(handler=cmd_train, resume=None)
 
-    evaluate = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a checkpoint")
+    evaluate = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a checkpoint or ONNX file")
     evaluate.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     evaluate.add_argument("--dataset", help="data set (default: the one it was trained on)")
     evaluate.add_argument(

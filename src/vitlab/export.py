@@ -145,6 +145,7 @@ class OnnxClassifier:
         shape = self.session.get_inputs()[0].shape
         self.channels, self.img_size = int(shape[1]), int(shape[2])
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.num_classes = int(self.session.get_outputs()[0].shape[1])
 
     def logits(self, normalised: torch.Tensor) -> torch.Tensor:
         """Run the graph on normalised images; a file exported with a fixed batch takes them in chunks of it."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +36,26 @@ class EvalResult:
         }
 
 
-@torch.no_grad()
+def batched_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    img_size: int,
+    channels: int,
+    num_classes: int,
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """fp32 CPU logits of `forward` (normalised images -> logits) for uint8 (or [0, 1] float) images, in batches."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = to_model_input(images[start : start + batch_size].to(device), mean, std, img_size, channels)
+        outputs.append(forward(batch).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, num_classes)
+
+
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
@@ -47,18 +66,26 @@ def predict_logits(
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """fp32 logits for uint8 (or [0, 1] float) images, in batches, on the model's device."""
+    """fp32 logits of a model for uint8 (or [0, 1] float) images, in batches, on the model's device."""
     device = device or next(model.parameters()).device
     config = model.config
-    outputs = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return model(batch)
+
     with evaluation_mode(model):
-        for start in range(0, len(images), batch_size):
-            batch = to_model_input(
-                images[start : start + batch_size].to(device), mean, std, config.img_size, config.in_channels
-            )
-            with autocast(device, dtype):
-                outputs.append(model(batch).float().cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0, config.num_classes)
+        return batched_logits(
+            forward,
+            images,
+            mean=mean,
+            std=std,
+            img_size=config.img_size,
+            channels=config.in_channels,
+            num_classes=config.num_classes,
+            batch_size=batch_size,
+            device=device,
+        )
 
 
 def evaluate(
