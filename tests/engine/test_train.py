@@ -190,3 +190,12 @@ def test_compiling_on_cpu_without_a_compiler_is_a_config_error(tmp_path, monkeyp
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         new_trainer(tmp_path, quick_config(epochs=1, compile="true"))
+
+
+def test_a_note_says_how_many_images_whole_batches_leave_out_and_a_batch_size_that_would_not(tmp_path):
+    uneven = new_trainer(tmp_path, quick_config(epochs=1, train_images=500, batch_size=256), "uneven")
+    (note,) = [note for note in uneven.notes if "each epoch" in note]
+    assert "trains on 256 of the 500 training images" in note and "a different 244 wait" in note
+    assert "train.batch_size=250 would leave out 0" in note
+    even = new_trainer(tmp_path, quick_config(epochs=1, train_images=500, batch_size=250), "even")
+    assert not [note for note in even.notes if "each epoch" in note]

@@ -44,6 +44,9 @@ from vitlab.errors import CheckpointError, ConfigError, VitlabError
 from vitlab.interrupts import raise_swallowed_interrupt
 from vitlab.models.registry import build_model
 
+# A note says how many training images each epoch leaves out once that is more than this fraction.
+LEFT_OUT_NOTE_FRACTION = 0.1
+
 
 @dataclass
 class EpochStats:
@@ -117,7 +120,7 @@ class Trainer:
         self.mean, self.std = data.mean, data.std
         self.train_set: ImageDataset = data.train
         self.test_set: ImageDataset = data.test
-        self.notes = data.notes
+        self.notes = list(data.notes)
         if config.model.num_classes != len(data.class_names):
             raise ConfigError(
                 f"model.num_classes={config.model.num_classes} but {data.name} has {len(data.class_names)} classes"
@@ -139,6 +142,7 @@ class Trainer:
                 f"train.batch_size={config.train.batch_size} is larger than the {len(self.train_set)} training images; "
                 f"pass train.batch_size=N with N at most {len(self.train_set)}"
             )
+        self.note_left_out_images()
         self.start_epoch = 0
         self.best_accuracy = -1.0
         self.elapsed_before = 0.0  # run time spent before a resume, for time budgets
@@ -152,6 +156,23 @@ class Trainer:
             self.train_module = compiled(self.train_module, self.device)
         self.train_images = self.train_set.images.to(self.device)
         self.train_labels = self.train_set.labels.to(self.device)
+
+    def note_left_out_images(self) -> None:
+        """Batches are whole, so each epoch leaves the remainder out (a different one each time): say so when
+        that is a fair share of a small data set, with a batch size that would use nearly every image."""
+        images, batch = len(self.train_set), self.config.train.batch_size
+        left_out = images % batch
+        if left_out <= LEFT_OUT_NOTE_FRACTION * images:
+            return
+        note = (
+            f"each epoch trains on {images - left_out} of the {images} training images (whole batches of {batch}; "
+            f"a different {left_out} wait each epoch)"
+        )
+        even = images // num_batches(images, batch)
+        even -= even % self.world.size  # a global batch splits evenly over the processes
+        if 0 < even < batch:
+            note += f"; train.batch_size={even} would leave out {images % even}"
+        self.notes.append(note)
 
     def start_from_pretrained(self, source: str) -> None:
         """Initialise from another model's weights, adapted to this model's grid and classes."""
