@@ -68,7 +68,11 @@ def test_eval_on_a_missing_device_fails_before_reading_data(trained_run, monkeyp
 def test_eval_reads_the_data_set_from_where_the_run_trained_on_it(tmp_path):
     run_dir = tmp_path / "run"
     data_dir = SHARED_DATA / "fashion-mnist"
-    vitlab("train", "--dataset", "fashion-mnist", f"data.data_dir={data_dir}", "--epochs", 1, "--out", run_dir, *QUICK)
+    trained = vitlab(
+        "train", "--dataset", "fashion-mnist", f"data.data_dir={data_dir}", "--epochs", 1, "--out", run_dir, *QUICK
+    )
+    assert "on fashion-mnist with the fashion-mnist recipe" in trained.stderr  # no --recipe: the data set's own
+    assert "stem: conv" in (run_dir / "config.yaml").read_text()
     same = vitlab("eval", run_dir, "--json")  # no --data-dir: the closed mirror is never asked
     scores = json.loads(same.stdout)
     assert scores["dataset"] == "fashion-mnist" and scores["num_examples"] == 10000

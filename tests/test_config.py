@@ -51,6 +51,28 @@ def test_every_shipped_recipe_resolves():
         recipe_path("imagenet")
 
 
+def test_a_data_set_trains_with_its_recipe_and_another_model_keeps_its_own_shape(tmp_path):
+    from vitlab.recipes import recipe_for
+
+    (tmp_path / "pictures" / "cat").mkdir(parents=True)
+    assert [recipe_for(name) for name in (None, "mnist", "cifar10", str(tmp_path / "pictures"))] == [
+        "mnist",
+        "mnist",
+        "cifar10",
+        "folder",
+    ]
+    assert recipe_for("svhn") is None
+    own = resolve_run_config(recipe="cifar10")
+    assert own.preset == "cifar-tiny" and own.model.stem == "conv" and own.model.embed_dim == 128
+    assert resolve_run_config(recipe="cifar10", preset="cifar-tiny").model == own.model  # its own preset: as shipped
+    other = resolve_run_config(recipe="cifar10", preset="Ti/4")
+    assert other.model.stem == "patch" and other.model.embed_dim == 192 and other.model.patch_size == 4
+    assert other.data.hflip and other.train.ema_decay == own.train.ema_decay == 0.999  # the rest of the recipe
+    (tmp_path / "mine.yaml").write_text("train:\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match="not both"):
+        resolve_run_config(recipe="mnist", config_file=str(tmp_path / "mine.yaml"))
+
+
 def test_folder_and_data_paths_are_saved_absolute(tmp_path, monkeypatch):
     (tmp_path / "pictures" / "cat").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

@@ -20,12 +20,14 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 
 # ----- train -------------------------------------------------------------------------------------
-def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
-    """The resolved config of a new `train`/`finetune` run and a label for its default folder name."""
+def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str, str | None]:
+    """The resolved config of a new `train`/`finetune` run, a label for its default folder name and the
+    shipped recipe it started from (if any)."""
     from vitlab.config import parse_duration
-    from vitlab.recipes import recipe_path, resolve_run_config
+    from vitlab.recipes import recipe_for, resolve_run_config
 
     overrides = args.overrides + ([f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else [])
+    recipe = None
     if args.command == "finetune":
         from vitlab.recipes import resolve_finetune_config
 
@@ -41,18 +43,19 @@ def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
         )
         label = f"finetune-{Path(args.dataset).name}"
     else:
-        if args.recipe and args.config:
-            raise ConfigError("give --recipe or --config, not both (a recipe is a shipped config file)")
+        # A data set with a shipped recipe trains with it unless told otherwise.
+        recipe = args.recipe or (None if args.config else recipe_for(args.dataset))
         config = resolve_run_config(
             preset=args.model,
-            config_file=str(recipe_path(args.recipe)) if args.recipe else args.config,
+            recipe=recipe,
+            config_file=args.config,
             dataset=args.dataset,
             epochs=args.epochs,
             seed=args.seed,
             overrides=overrides,
         )
         label = Path(config.data.dataset).name
-    return config, label
+    return config, label, recipe
 
 
 def _default_run_dir(label: str) -> Path:
@@ -75,9 +78,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch_processes(args)
     if args.resume:
         run_dir = Path(args.resume)
-        trainer = trainer_for_resume(run_dir, epochs=args.epochs)
+        trainer, recipe = trainer_for_resume(run_dir, epochs=args.epochs), None
     else:
-        config, label = _new_run_config(args)
+        config, label, recipe = _new_run_config(args)
         run_dir = Path(args.out) if args.out else _default_run_dir(label)
         init_process_group(world, resolve_device(config.train.device).type)
         trainer = start_new_run(config, run_dir)
@@ -93,8 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             workers = f"{world.size} processes x {workers}"
         length = f"{cfg.train.time_budget:.0f} s" if cfg.train.time_budget else counted(cfg.train.epochs, "epoch")
         print(
-            f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {cfg.data.dataset} "
-            f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
+            f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {cfg.data.dataset}"
+            f"{f' with the {recipe} recipe' if recipe else ''} ({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
             f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {workers}; run dir {run_dir}",
             file=sys.stderr,
         )
@@ -192,7 +195,7 @@ def launch_processes(args: argparse.Namespace) -> int:
     if args.resume:
         saved_config_path(Path(args.resume))
     else:
-        _, label = _new_run_config(args)
+        _, label, _ = _new_run_config(args)
         if args.out:
             check_new_run_dir(Path(args.out))
     argv = list(sys.argv[1:])
@@ -558,7 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", help="data set name (default: mnist) or an image folder")
     train.add_argument("--model", help="model preset, e.g. mnist-small, cifar-tiny, Ti/16 (see `vitlab info`)")
     train.add_argument("--config", help="YAML file with sections model, data, train")
-    train.add_argument("--recipe", help="a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder")
+    train.add_argument(
+        "--recipe",
+        help="a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder (default: the data set's own)",
+    )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     for command in (train, finetune):
         command.add_argument("--epochs", type=positive_int, help="number of epochs")

@@ -1,4 +1,4 @@
-"""Assembling a run's config from its layers: defaults < preset < config file < flags < key=value."""
+"""Assembling a run's config from its layers: defaults < preset < config file or recipe < flags < key=value."""
 
 from __future__ import annotations
 
@@ -27,19 +27,38 @@ def recipe_path(name: str) -> Path:
     return path
 
 
+def recipe_for(dataset: str | None) -> str | None:
+    """The shipped recipe a new run on `dataset` starts from when it is given no --recipe or --config:
+    the named data set's own (MNIST's without a name), "folder" for an image folder, else none."""
+    name = dataset or "mnist"
+    if is_image_folder(name):
+        return "folder"
+    return name if name in recipe_names() else None
+
+
 def resolve_run_config(
     *,
     preset: str | None = None,
+    recipe: str | None = None,
     config_file: str | None = None,
     dataset: str | None = None,
     epochs: int | None = None,
     seed: int | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
-    """The validated RunConfig of a new run; the model's channels and classes follow the data set."""
-    raw = load_yaml(config_file) if config_file else {}
+    """The validated RunConfig of a new run; the model's channels and classes follow the data set.
+
+    A recipe is a shipped config file. Its model section was chosen for its own preset, so a `preset`
+    naming another model takes that model as it is and keeps only the recipe's data and training settings.
+    """
+    if recipe and config_file:
+        raise ConfigError("give --recipe or --config, not both (a recipe is a shipped config file)")
+    source = str(recipe_path(recipe)) if recipe else config_file
+    raw = load_yaml(source) if source else {}
     if not isinstance(raw.get("model", {}), dict):
-        raise ConfigError(f"section 'model' of {config_file} must be a mapping")
+        raise ConfigError(f"section 'model' of {source} must be a mapping")
+    if recipe and preset and preset != raw.get("preset"):
+        raw.pop("model", None)
     name = preset or raw.get("preset") or DEFAULT_PRESET
     data_name = dataset or (raw.get("data") or {}).get("dataset") or "mnist"
     channels, classes = input_shape(data_name)
