@@ -64,7 +64,8 @@ def test_a_data_set_trains_with_its_recipe_and_another_model_keeps_its_own_shape
     assert recipe_for("svhn") is None
     own = resolve_run_config(recipe="cifar10")
     assert own.preset == "cifar-tiny" and own.model.stem == "conv" and own.model.embed_dim == 128
-    assert resolve_run_config(recipe="cifar10", preset="cifar-tiny").model == own.model  # its own preset: as shipped
+    named = resolve_run_config(recipe="cifar10", preset="cifar-tiny")  # --model: the preset as it is
+    assert named.model.stem == "patch" and named.model.embed_dim == 96 and named.data.hflip
     other = resolve_run_config(recipe="cifar10", preset="Ti/4")
     assert other.model.stem == "patch" and other.model.embed_dim == 192 and other.model.patch_size == 4
     assert other.data.hflip and other.train.ema_decay == own.train.ema_decay == 0.999  # the rest of the recipe

@@ -48,8 +48,8 @@ def resolve_run_config(
 ) -> RunConfig:
     """The validated RunConfig of a new run; the model's channels and classes follow the data set.
 
-    A recipe is a shipped config file. Its model section was chosen for its own preset, so a `preset`
-    naming another model takes that model as it is and keeps only the recipe's data and training settings.
+    A recipe is a shipped config file whose model section was chosen with its own preset: given a
+    `preset` (--model), that model runs as it is and the recipe brings only its data and training settings.
     """
     if recipe and config_file:
         raise ConfigError("give --recipe or --config, not both (a recipe is a shipped config file)")
@@ -57,7 +57,7 @@ def resolve_run_config(
     raw = load_yaml(source) if source else {}
     if not isinstance(raw.get("model", {}), dict):
         raise ConfigError(f"section 'model' of {source} must be a mapping")
-    if recipe and preset and preset != raw.get("preset"):
+    if recipe and preset:
         raw.pop("model", None)
     name = preset or raw.get("preset") or DEFAULT_PRESET
     data_name = dataset or (raw.get("data") or {}).get("dataset") or "mnist"
