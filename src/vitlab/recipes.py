@@ -96,13 +96,20 @@ def resolve_finetune_config(
     seed: int | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
-    """A run that starts from `source`'s architecture and weights, with a head for `dataset`'s classes."""
+    """A run that starts from `source`'s architecture and weights, with a head for `dataset`'s classes.
+
+    The data set's recipe brings its augmentation (mirroring photos, not rotating them); the learning
+    rate, schedule and epochs stay fine-tuning's own.
+    """
     from vitlab.engine.finetune import read_source
 
     source_config, _, _ = read_source(source)
     _, classes = input_shape(dataset)
     model = dataclasses.replace(source_config, num_classes=classes, img_size=img_size or source_config.img_size)
-    config = RunConfig(model=model, preset=f"finetune:{source}")
+    recipe = recipe_for(dataset)
+    data = (load_yaml(recipe_path(recipe)).get("data") or {}) if recipe else {}
+    config = RunConfig.from_dict({"data": data})
+    config.model, config.preset = model, f"finetune:{source}"
     config.data.dataset = dataset
     config.train.init_from = str(source)
     config.train.freeze_until = freeze_until
