@@ -345,7 +345,9 @@ def test_export_onnx_then_predict_with_it(trained_run, tmp_path):
     assert scored_onnx["num_examples"] == scored_torch["num_examples"] == 10000
     assert abs(scored_onnx["accuracy"] - scored_torch["accuracy"]) <= 2e-4  # a near-tie may flip, no more
     assert abs(scored_onnx["loss"] - scored_torch["loss"]) < 1e-4
-    _assert_clean_error(vitlab("info", tmp_path / "m.onnx", check=False), "is an exported ONNX file")
+    for command in (["info"], ["finetune", "--dataset", "mnist"]):
+        refused = vitlab(command[0], tmp_path / "m.onnx", *command[1:], check=False)
+        _assert_clean_error(refused, "is an exported ONNX file")
     ts = json.loads(vitlab("export", run_dir, "--format", "torchscript", "--out", tmp_path / "m.pt", "--json").stdout)
     assert ts["format"] == "torchscript" and (tmp_path / "m.pt").exists()
     fixed = vitlab(

@@ -82,14 +82,19 @@ def load_tensors(path: Path, expected_format: str = FORMAT) -> tuple[dict[str, t
                 "use a run, its .safetensors checkpoint or an exported .onnx file"
             ) from None
         if path.suffix == ".onnx":  # predict and eval take exported files before they get here
-            raise CheckpointError(
-                f"{path} is an exported ONNX file, which `vitlab predict` and `vitlab eval` run; "
-                "this command needs the run or its .safetensors checkpoint"
-            ) from None
+            raise exported_file_error(path) from None
         raise CheckpointError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     if not isinstance(metadata, dict) or metadata.get("format") != expected_format:
         raise CheckpointError(f"{path} is a safetensors file but not a {expected_format} file")
     return tensors, metadata
+
+
+def exported_file_error(path: Path) -> CheckpointError:
+    """The error for an exported ONNX file given where a command needs weights."""
+    return CheckpointError(
+        f"{path} is an exported ONNX file, which `vitlab predict` and `vitlab eval` run; "
+        "this command needs the weights: the run or its .safetensors checkpoint"
+    )
 
 
 def save_checkpoint(path: Path, model: nn.Module, info: dict[str, Any]) -> None:

@@ -8,7 +8,12 @@ import torch
 from torch import nn
 
 from vitlab.config import ModelConfig
-from vitlab.engine.checkpoint import load_tensors, model_config_from_metadata, resolve_checkpoint
+from vitlab.engine.checkpoint import (
+    exported_file_error,
+    load_tensors,
+    model_config_from_metadata,
+    resolve_checkpoint,
+)
 from vitlab.errors import CheckpointError
 from vitlab.models.convert import load_foreign
 from vitlab.models.posenc import resample_grid_table
@@ -17,6 +22,8 @@ from vitlab.models.posenc import resample_grid_table
 def read_source(source: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str] | None]:
     """Config, weights and class names of a vitlab checkpoint/run, a Hugging Face folder or a timm file."""
     path = Path(source)
+    if path.suffix == ".onnx":
+        raise exported_file_error(path)
     is_vitlab = path.suffix == ".safetensors" or (path.is_dir() and (path / "checkpoints").is_dir())
     if is_vitlab:
         checkpoint = resolve_checkpoint(path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,10 +49,17 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then reads fine
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except (SafetensorError, RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        if "Weights only load failed" in str(exc):  # torch's own text here suggests unpickling anything
+            raise CheckpointError(
+                f"{path} is not a weights file vitlab reads: neither safetensors nor a pickle of tensors alone "
+                "(pickled objects are never loaded)"
+            ) from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} cannot be read as a weights file ({first})") from None
     for key in ("state_dict", "model", "module"):  # training scripts often wrap the weights
