@@ -95,9 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world.size > 1:
             workers = f"{world.size} processes x {workers}"
         length = f"{cfg.train.time_budget:.0f} s" if cfg.train.time_budget else counted(cfg.train.epochs, "epoch")
+        trained_on = cfg.data.dataset + (f" with the {recipe} recipe" if recipe else "")
         print(
-            f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {cfg.data.dataset}"
-            f"{f' with the {recipe} recipe' if recipe else ''} ({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
+            f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {trained_on} "
+            f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
             f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {workers}; run dir {run_dir}",
             file=sys.stderr,
         )
@@ -633,9 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--fixed-batch", type=positive_int, metavar="N", help="an ONNX graph for batches of exactly N (default: any)"
     )
-    export.add_argument(
-        "--dynamic-batch", action="store_true", help=argparse.SUPPRESS
-    )  # old scripts pass it; any batch is the default now
+    # Old scripts pass --dynamic-batch; any batch is the default now.
+    export.add_argument("--dynamic-batch", action="store_true", help=argparse.SUPPRESS)
     export.add_argument("--out", help="output file (default: beside the checkpoint)")
     export.add_argument("--json", action="store_true")
     export.set_defaults(handler=cmd_export)

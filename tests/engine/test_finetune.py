@@ -41,11 +41,11 @@ def test_finetune_takes_the_data_sets_augmentation_and_keeps_its_own_training_se
     for name in ("cat", "dog"):
         (tmp_path / "photos" / name).mkdir(parents=True)
     photos = resolve_finetune_config(source=str(path), dataset=str(tmp_path / "photos"))
-    assert photos.data.hflip and not photos.data.affine and photos.data.crop_padding == 4  # the folder recipe's
-    assert photos.train.lr == resolve_finetune_config(source=str(path), dataset="mnist").train.lr
-    assert photos.model.num_classes == 2 and photos.model.embed_dim == 32  # the source's model, a new head
     digits = resolve_finetune_config(source=str(path), dataset="mnist")
+    assert photos.data.hflip and not photos.data.affine and photos.data.crop_padding == 4  # the folder recipe's
     assert digits.data.affine and not digits.data.hflip
+    assert photos.train.lr == digits.train.lr  # training settings: fine-tuning's own, whatever the data
+    assert photos.model.num_classes == 2 and photos.model.embed_dim == 32  # the source's model, a new head
 
 
 def test_freezing_and_layer_decay_shape_the_optimiser(tmp_path, source):
