@@ -46,6 +46,9 @@ def main() -> int:
             setup["models"],
             "--time-budget",
             args.budget,
+            # The settings these figures were recorded with; a data set's own recipe is compare's default.
+            "--recipe",
+            "mnist",
             "--out",
             str(out),
             *setup["extra"],

@@ -442,13 +442,13 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 # ----- compare ----------------------------------------------------------------------------------
-def cmd_compare(args: argparse.Namespace) -> int:
+def compare_configs(args: argparse.Namespace) -> tuple[list[str], list[RunConfig], str | None]:
+    """The presets `compare` trains, their resolved configs and the shipped recipe they share (if any).
+
+    Every model trains with the data set's recipe (its augmentation and schedule) as `train` would, and
+    every config is resolved before any training, so a typo fails fast."""
     from vitlab.config import parse_duration
-    from vitlab.engine.compare import run_contender
-    from vitlab.engine.train import check_new_run_dir
-    from vitlab.recipes import resolve_run_config
-    from vitlab.report.compare import write_comparison
-    from vitlab.report.run_report import build_report
+    from vitlab.recipes import recipe_for, resolve_run_config
 
     if bool(args.time_budget) == bool(args.epochs):
         raise ConfigError("give exactly one of --time-budget or --epochs, so every model gets the same budget")
@@ -459,12 +459,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if twice:
         raise ConfigError(f"--models names {', '.join(twice)} more than once; each model is trained once")
     budget = [f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []
+    recipe = args.recipe or recipe_for(args.dataset)
     configs = [
         resolve_run_config(
-            preset=name, dataset=args.dataset, epochs=args.epochs, seed=args.seed, overrides=args.overrides + budget
+            preset=name,
+            recipe=recipe,
+            dataset=args.dataset,
+            epochs=args.epochs,
+            seed=args.seed,
+            overrides=args.overrides + budget,
         )
         for name in names
-    ]  # every config is resolved before any training, so a typo fails fast
+    ]
+    return names, configs, recipe
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vitlab.engine.compare import run_contender
+    from vitlab.engine.train import check_new_run_dir
+    from vitlab.report.compare import write_comparison
+    from vitlab.report.run_report import build_report
+
+    names, configs, recipe = compare_configs(args)
     label = Path(configs[0].data.dataset).name
     out = Path(args.out) if args.out else Path("runs") / time.strftime(f"compare-{label}-%Y%m%d-%H%M%S")
     run_dirs = [out / name.replace("/", "-") for name in names]
@@ -479,7 +495,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"training {name} ...", file=sys.stderr)
         results.append(run_contender(name, config, run_dir))
         build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
-    paths = write_comparison(results, out, f"{' vs '.join(names)} on {label}")
+    recipe_part = f" with the {recipe} recipe" if recipe else ""
+    paths = write_comparison(results, out, f"{' vs '.join(names)} on {label}{recipe_part}")
     if args.json:
         _print_json(
             {
@@ -562,10 +579,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", help="data set name (default: mnist) or an image folder")
     train.add_argument("--model", help="model preset, e.g. mnist-small, cifar-tiny, Ti/16 (see `vitlab info`)")
     train.add_argument("--config", help="YAML file with sections model, data, train")
-    train.add_argument(
-        "--recipe",
-        help="a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder (default: the data set's own)",
-    )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     for command in (train, finetune):
         command.add_argument("--epochs", type=positive_int, help="number of epochs")
@@ -623,6 +636,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--time-budget", help="per model, e.g. 10m")
     budget.add_argument("--epochs", type=positive_int, help="per model")
     compare.add_argument("--seed", type=int, default=0)
+    for command in (train, compare):
+        command.add_argument(
+            "--recipe",
+            help="a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder (default: the data set's own)",
+        )
     compare.add_argument("--out", help="folder for the runs and the table (default: runs/compare-<dataset>-<time>)")
     compare.add_argument("--json", action="store_true")
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every model")

@@ -60,13 +60,14 @@ def write_comparison(results: list[ContenderResult], folder: Path, title: str) -
                 ]
             )
 
-    fig, (full, zoom) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for r in results:
         if r.curve:
             for ax in (full, zoom):
                 ax.plot([t / 60 for t, _ in r.curve], [100 * a for _, a in r.curve], "o-", label=r.name, markersize=3)
     finals = [100 * r.test_accuracy for r in results]
-    full.set(xlabel="wall-clock minutes (training + evaluation)", ylabel="test accuracy (%)", title=title)
+    fig.suptitle(title)  # across both panels: it names the models, the data set and the recipe
+    full.set(xlabel="wall-clock minutes (training + evaluation)", ylabel="test accuracy (%)", title="every point")
     zoom.set(xlabel="wall-clock minutes (training + evaluation)", ylabel="test accuracy (%)", title="the last points")
     if finals:
         zoom.set_ylim(max(min(finals) - 2, 0), min(max(finals) + 0.5, 100))
