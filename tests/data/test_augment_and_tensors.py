@@ -129,8 +129,13 @@ def test_augment_batch_follows_the_config_switches():
 
 
 def test_randaugment_runs_through_kornia_on_colour_images():
-    out = randaugment(torch.rand(4, 3, 16, 16))
+    images = torch.rand(4, 3, 16, 16)
+    out = randaugment(images)
     assert out.shape == (4, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
+    torch.manual_seed(0)
+    first, second = randaugment(images), randaugment(images)  # a new draw every batch
+    torch.manual_seed(0)
+    assert not torch.equal(first, second) and torch.equal(randaugment(images), first)  # the seed repeats it
     with pytest.raises(ConfigError, match="3-channel"):
         randaugment(torch.rand(4, 1, 16, 16))
 
