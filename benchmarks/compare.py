@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from common import RESULTS, cifar_folder, machine_line, today
+from vitlab.recipes import recipe_for
 
 SETUPS = {
     "mnist": {"models": "mnist-tiny,resnet-small", "extra": []},
@@ -46,9 +47,6 @@ def main() -> int:
             setup["models"],
             "--time-budget",
             args.budget,
-            # The settings these figures were recorded with; a data set's own recipe is compare's default.
-            "--recipe",
-            "mnist",
             "--out",
             str(out),
             *setup["extra"],
@@ -58,6 +56,7 @@ def main() -> int:
             print(done.stderr, file=sys.stderr)
             return 1
         table = (out / "compare.md").read_text().split("\n", 2)[2]  # drop the title line
+        recipe = recipe_for(dataset)
         shown = " ".join(c if " " not in c else f"'{c}'" for c in command[1:]).replace(str(work), "$WORK")
         report = f"""# ViT against a CNN on {name}, {args.budget} each
 
@@ -65,8 +64,10 @@ def main() -> int:
   `python {shown}`
 - Machine: {machine_line()}
 - Date: {today()}
-- Same engine, data pipeline (uint8 in memory, random affine augmentation), AdamW, warm-up and
-  cosine schedule on elapsed time; each model trains and evaluates for the same wall-clock budget.
+- Same engine, data pipeline (uint8 in memory) and settings for both: the data set's recipe, as
+  `compare` takes it by default ([{recipe}](../../src/vitlab/recipe_files/{recipe}.yaml): its
+  augmentation, batch size and learning rate), AdamW, warm-up and cosine schedule on elapsed time;
+  each model trains and evaluates for the same wall-clock budget.
 
 {table.replace("(compare.png)", f"(compare_{name}.png)")}
 """

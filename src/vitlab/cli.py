@@ -561,6 +561,9 @@ def positive_int(text: str) -> int:
     return value
 
 
+RECIPE_HELP = "a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder (default: the data set's own)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
@@ -579,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", help="data set name (default: mnist) or an image folder")
     train.add_argument("--model", help="model preset, e.g. mnist-small, cifar-tiny, Ti/16 (see `vitlab info`)")
     train.add_argument("--config", help="YAML file with sections model, data, train")
+    train.add_argument("--recipe", help=RECIPE_HELP)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     for command in (train, finetune):
         command.add_argument("--epochs", type=positive_int, help="number of epochs")
@@ -636,11 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--time-budget", help="per model, e.g. 10m")
     budget.add_argument("--epochs", type=positive_int, help="per model")
     compare.add_argument("--seed", type=int, default=0)
-    for command in (train, compare):
-        command.add_argument(
-            "--recipe",
-            help="a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder (default: the data set's own)",
-        )
+    compare.add_argument("--recipe", help=RECIPE_HELP)
     compare.add_argument("--out", help="folder for the runs and the table (default: runs/compare-<dataset>-<time>)")
     compare.add_argument("--json", action="store_true")
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every model")
