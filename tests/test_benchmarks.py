@@ -27,3 +27,22 @@ def test_scaling_quick_measures_every_point_and_writes_nothing():
         assert int(tokens) in (17, 65) and int(batch) > 0
         assert float(ms_per_image) > 0 and 0 <= int(attention_share) <= 100
     assert (results.read_bytes() if results.exists() else None) == before
+
+
+def test_accumulation_quick_gives_every_micro_batch_count_the_same_gradient_and_writes_nothing():
+    results = BENCHMARKS / "results" / "accumulation.md"
+    before = results.read_bytes() if results.exists() else None
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "accumulation.py"), "--quick", "--steps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = re.findall(
+        r"^\| (\d+) \| (\d+) \| [\d,]+ \| -?[\d,]+ \| .* \| ([\d.e-]+) \|$", run.stdout, flags=re.MULTILINE
+    )
+    assert [(int(n), int(size)) for n, size, _ in rows] == [(1, 64), (2, 32), (4, 16), (8, 8)], run.stdout
+    norms = [float(norm) for _, _, norm in rows]
+    assert norms[0] > 0 and max(norms) - min(norms) <= 1e-4 * norms[0]  # the same batch and weights: the same gradient
+    assert (results.read_bytes() if results.exists() else None) == before

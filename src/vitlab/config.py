@@ -173,6 +173,9 @@ class TrainConfig:
 
     epochs: int = 36
     batch_size: int = 256
+    # Each batch in N micro-batches whose gradients add up to the whole batch's: the same optimiser
+    # step in about 1/N of the activation memory (BatchNorm, in the conv stem and the CNN, sees micro-batches).
+    accumulation_steps: int = 1
     optimizer: str = "adamw"
     lr: float = 5e-3
     min_lr: float = 1e-5
@@ -203,6 +206,11 @@ class TrainConfig:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1 or self.eval_every < 1:
             raise ConfigError("train.batch_size, train.eval_batch_size and train.eval_every must be at least 1")
+        if not 1 <= self.accumulation_steps <= self.batch_size:
+            raise ConfigError(
+                f"train.accumulation_steps must be from 1 to train.batch_size={self.batch_size} "
+                f"(each micro-batch holds at least one image), got {self.accumulation_steps}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:

@@ -58,8 +58,10 @@ def run_two_ranks(worker: str, args_of_rank, timeout: float) -> None:
 
 
 def train_two_ranks(run_dir: Path) -> None:
-    """Two worker processes joined in a gloo group train one run; each saves its own weights."""
-    run_two_ranks("ddp_worker.py", lambda rank, port: [rank, 2, port, run_dir, *OVERRIDES], timeout=240)
+    """Two worker processes joined in a gloo group train one run, each its half of every batch in two
+    micro-batches (DDP averages their gradients once, after the second); each saves its own weights."""
+    overrides = [*OVERRIDES, "train.accumulation_steps=2"]
+    run_two_ranks("ddp_worker.py", lambda rank, port: [rank, 2, port, run_dir, *overrides], timeout=240)
 
 
 def _run_two_rank_order_workers(folder: Path, mode: str) -> None:
@@ -89,7 +91,7 @@ def test_shards_split_each_global_batch_between_ranks():
     assert len(parts[0]) == len(parts[1]) == 5
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+def test_two_processes_in_micro_batches_match_one_process_with_the_same_global_batch(tmp_path):
     run_dir = tmp_path / "ddp"
     train_two_ranks(run_dir)
     rank0, rank1 = (load_file(run_dir / f"rank{r}.safetensors") for r in range(2))

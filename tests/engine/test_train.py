@@ -199,3 +199,31 @@ def test_a_note_says_how_many_images_whole_batches_leave_out_and_a_batch_size_th
     assert "train.batch_size=250 would leave out 0" in note
     even = new_trainer(tmp_path, quick_config(epochs=1, train_images=500, batch_size=250), "even")
     assert not [note for note in even.notes if "each epoch" in note]
+
+
+def test_micro_batches_add_up_to_the_whole_batchs_step(tmp_path):
+    # fp32 without augmentation or dropout: only the order of floating-point sums differs.
+    def trainer(name, micro_batches):
+        overrides = ["data.train_subset=100", "data.test_subset=50", "data.augment=false", "train.batch_size=10"]
+        overrides += ["train.precision=fp32", f"train.accumulation_steps={micro_batches}"]
+        return new_trainer(tmp_path, resolve_run_config(preset="mnist-tiny", seed=1, overrides=overrides), name)
+
+    whole, parts = trainer("whole", 1), trainer("parts", 3)  # micro-batches of 4, 3 and 3 images
+    head = 0.1 * torch.randn_like(whole.model.head.weight)
+    for model in (whole.model, parts.model):  # the head starts at zero, which stops every gradient below it
+        with torch.no_grad():
+            model.head.weight.copy_(head)
+    batch = torch.arange(10)
+    (loss, correct), (parts_loss, parts_correct) = (
+        t.train_batch(batch, torch.Generator().manual_seed(0)) for t in (whole, parts)
+    )
+    assert correct == parts_correct and parts_loss == pytest.approx(loss, rel=1e-5)
+    # The gradients the step took (Adam's first step moves each weight by about lr x the sign of its
+    # gradient, so weights would differ wherever a gradient is ~0 and rounding flips its sign).
+    expected = dict(whole.model.named_parameters())
+    for name, parameter in parts.model.named_parameters():
+        assert parameter.grad.abs().sum() > 0, name
+        scale = expected[name].grad.abs().max().item()
+        torch.testing.assert_close(parameter.grad, expected[name].grad, rtol=1e-4, atol=1e-4 * scale)
+    with pytest.raises(ConfigError, match="accumulation_steps must be from 1 to train.batch_size=10"):
+        resolve_run_config(overrides=["train.batch_size=10", "train.accumulation_steps=11"])

@@ -92,10 +92,15 @@ def gather_rows(local: torch.Tensor, count: int, world: World) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
-def check_global_batch(batch_size: int, world: World) -> None:
-    """A global batch must split evenly over the processes."""
+def check_global_batch(batch_size: int, world: World, micro_batches: int = 1) -> None:
+    """A global batch must split evenly over the processes, and each process's part into its micro-batches."""
     if world.distributed and batch_size % world.size:
         raise ConfigError(f"train.batch_size={batch_size} does not split evenly over {world.size} processes")
+    if batch_size // world.size < micro_batches:
+        raise ConfigError(
+            f"train.batch_size={batch_size} over {world.size} processes gives each {batch_size // world.size} images, "
+            f"fewer than train.accumulation_steps={micro_batches}"
+        )
 
 
 def sum_across(values: list[float], world: World) -> list[float]:

@@ -7,6 +7,7 @@ epoch reseeds from (seed, epoch), so a resumed run continues exactly as if never
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -112,7 +113,7 @@ class Trainer:
         if self.device.type == "cuda" and self.world.distributed:
             self.device = torch.device("cuda", self.world.local_rank)
         init_process_group(self.world, self.device.type)
-        check_global_batch(config.train.batch_size, self.world)
+        check_global_batch(config.train.batch_size, self.world, config.train.accumulation_steps)
         self.dtype = autocast_dtype(config.train.precision, self.device)
         self.threads = configure_cpu(config.train.threads, share_with=self.world.size)
         with local_rank_zero_first(self.world):
@@ -149,9 +150,8 @@ class Trainer:
         self.warmup_done_at: float | None = None
         # Kept on the device once, so each batch is an index into memory, not a Python loop.
         # Under torchrun, gradients are averaged across processes by DDP; weights stay identical.
-        self.train_module: nn.Module = (
-            nn.parallel.DistributedDataParallel(self.model) if self.world.distributed else self.model
-        )
+        self.ddp = nn.parallel.DistributedDataParallel(self.model) if self.world.distributed else None
+        self.train_module: nn.Module = self.ddp or self.model
         if config.train.compile:
             self.train_module = compiled(self.train_module, self.device)
         self.train_images = self.train_set.images.to(self.device)
@@ -249,7 +249,31 @@ class Trainer:
 
     # ----- the loop ---------------------------------------------------------------------------
     def train_batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[float, int]:
-        """One optimiser step; returns (summed loss, correct predictions) over the batch."""
+        """One optimiser step; returns (summed loss, correct predictions) over the batch.
+
+        With train.accumulation_steps=N the batch goes through in N micro-batches, each loss weighted
+        by its share of the batch, so their gradients add up to the whole batch's."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, correct = 0.0, 0
+        parts = indices.tensor_split(cfg.train.accumulation_steps)
+        for number, part in enumerate(parts, start=1):
+            # DDP averages gradients across processes once, after the last micro-batch, not after each.
+            syncing = self.ddp is None or number == len(parts)
+            with contextlib.nullcontext() if syncing else self.ddp.no_sync():
+                part_loss, part_correct = self.forward_backward(part, generator, share=len(part) / len(indices))
+            loss_sum, correct = loss_sum + part_loss, correct + part_correct
+        if cfg.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer_steps += 1
+        if self.ema_model is not None:
+            update_ema(self.ema_model, self.model, cfg.train.ema_decay, self.optimizer_steps)
+        return loss_sum, correct
+
+    def forward_backward(self, indices: torch.Tensor, generator: torch.Generator, share: float) -> tuple[float, int]:
+        """Gradients of the loss on these images, weighted by `share`, added to the parameters' .grad;
+        returns (summed loss, correct predictions) over them."""
         cfg = self.config
         images = self.train_images[indices].float().div_(255.0)
         labels = self.train_labels[indices]
@@ -261,14 +285,7 @@ class Trainer:
         with autocast(self.device, self.dtype):
             logits = self.train_module(inputs)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.0 if soft else cfg.train.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-        self.optimizer.step()
-        self.optimizer_steps += 1
-        if self.ema_model is not None:
-            update_ema(self.ema_model, self.model, cfg.train.ema_decay, self.optimizer_steps)
+        (loss * share).backward()
         correct = (logits.argmax(dim=1) == labels).sum()
         return loss.item() * len(labels), int(correct)
 
