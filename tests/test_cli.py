@@ -329,26 +329,6 @@ def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
     assert not (out / "cifar-tiny").exists()  # refused before anything trained
 
 
-def test_compare_trains_every_model_with_the_data_sets_recipe(tmp_path):
-    from vitlab.cli import build_parser, compare_configs
-
-    for name in ("cat", "dog"):
-        (tmp_path / "photos" / name).mkdir(parents=True)
-    photos = build_parser().parse_args(
-        ["compare", "--dataset", str(tmp_path / "photos"), "--models", "cifar-tiny,resnet-small", "--epochs", "2"]
-    )
-    names, configs, recipe = compare_configs(photos)
-    assert recipe == "folder" and [c.preset for c in configs] == names == ["cifar-tiny", "resnet-small"]
-    for config in configs:  # mirrored and cropped as photos are, not rotated as digits are
-        assert config.data.hflip and not config.data.affine and config.data.crop_padding == 4
-        assert config.train.label_smoothing == 0.1 and config.train.epochs == 2
-    assert configs[0].model.stem == "patch"  # each preset as it is: the recipe's model section is not taken
-    asked = build_parser().parse_args(["compare", "--models", "mnist-tiny,resnet-small", "--epochs", "1"])
-    asked.dataset, asked.recipe = str(tmp_path / "photos"), "mnist"
-    _, digits, recipe = compare_configs(asked)
-    assert recipe == "mnist" and all(c.data.affine and not c.data.hflip for c in digits)
-
-
 def test_export_onnx_then_predict_with_it(trained_run, tmp_path):
     run_dir, _ = trained_run
     out = json.loads(vitlab("export", run_dir, "--out", tmp_path / "m.onnx", "--json").stdout)

@@ -442,45 +442,22 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 # ----- compare ----------------------------------------------------------------------------------
-def compare_configs(args: argparse.Namespace) -> tuple[list[str], list[RunConfig], str | None]:
-    """The presets `compare` trains, their resolved configs and the shipped recipe they share (if any).
-
-    Every model trains with the data set's recipe (its augmentation and schedule) as `train` would, and
-    every config is resolved before any training, so a typo fails fast."""
-    from vitlab.config import parse_duration
-    from vitlab.recipes import recipe_for, resolve_run_config
-
-    if bool(args.time_budget) == bool(args.epochs):
-        raise ConfigError("give exactly one of --time-budget or --epochs, so every model gets the same budget")
-    names = [name.strip() for name in args.models.split(",") if name.strip()]
-    if len(names) < 2:
-        raise ConfigError("--models needs at least two presets separated by commas, e.g. mnist-small,resnet-small")
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ConfigError(f"--models names {', '.join(twice)} more than once; each model is trained once")
-    budget = [f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else []
-    recipe = args.recipe or recipe_for(args.dataset)
-    configs = [
-        resolve_run_config(
-            preset=name,
-            recipe=recipe,
-            dataset=args.dataset,
-            epochs=args.epochs,
-            seed=args.seed,
-            overrides=args.overrides + budget,
-        )
-        for name in names
-    ]
-    return names, configs, recipe
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from vitlab.engine.compare import run_contender
     from vitlab.engine.train import check_new_run_dir
+    from vitlab.recipes import resolve_compare_configs
     from vitlab.report.compare import write_comparison
     from vitlab.report.run_report import build_report
 
-    names, configs, recipe = compare_configs(args)
+    names, configs, recipe = resolve_compare_configs(
+        args.models,
+        dataset=args.dataset,
+        recipe=args.recipe,
+        epochs=args.epochs,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        overrides=args.overrides,
+    )
     label = Path(configs[0].data.dataset).name
     out = Path(args.out) if args.out else Path("runs") / time.strftime(f"compare-{label}-%Y%m%d-%H%M%S")
     run_dirs = [out / name.replace("/", "-") for name in names]

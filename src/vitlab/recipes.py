@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vitlab.config import RunConfig, apply_overrides, load_yaml
+from vitlab.config import RunConfig, apply_overrides, load_yaml, parse_duration
 from vitlab.data.datasets import input_shape
 from vitlab.data.folders import is_image_folder
 from vitlab.errors import ConfigError
@@ -68,6 +68,45 @@ def resolve_run_config(
     config = RunConfig.from_dict({**raw, **merged, "preset": name})
     config.data.dataset = data_name
     return _finish(config, epochs, seed, overrides)
+
+
+def resolve_compare_configs(
+    models: str,
+    *,
+    dataset: str,
+    recipe: str | None = None,
+    epochs: int | None = None,
+    time_budget: str | None = None,
+    seed: int | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[list[str], list[RunConfig], str | None]:
+    """The presets `compare` trains (`models`: "a,b,..."), their configs and the shipped recipe they share.
+
+    Every model trains with the data set's recipe (its augmentation and schedule) unless given another, as
+    `train` would, and every config is resolved before any training, so a typo fails fast.
+    """
+    if bool(time_budget) == bool(epochs):
+        raise ConfigError("give exactly one of --time-budget or --epochs, so every model gets the same budget")
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    if len(names) < 2:
+        raise ConfigError("--models needs at least two presets separated by commas, e.g. mnist-small,resnet-small")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"--models names {', '.join(twice)} more than once; each model is trained once")
+    budget = [f"train.time_budget={parse_duration(time_budget)}"] if time_budget else []
+    recipe = recipe or recipe_for(dataset)
+    configs = [
+        resolve_run_config(
+            preset=name,
+            recipe=recipe,
+            dataset=dataset,
+            epochs=epochs,
+            seed=seed,
+            overrides=(overrides or []) + budget,
+        )
+        for name in names
+    ]
+    return names, configs, recipe
 
 
 def _finish(config: RunConfig, epochs: int | None, seed: int | None, overrides: list[str] | None) -> RunConfig:
