@@ -126,6 +126,14 @@ def test_info_for_a_preset_and_a_checkpoint(trained_run):
     assert vitlab("--version").stdout.startswith(f"vitlab {vitlab_package.__version__} (torch {torch.__version__}")
     accuracy = from_run["metrics"]["test_accuracy"]
     assert f"  test accuracy     {accuracy:.2%}\n" in vitlab("info", run_dir).stdout
+    small = json.loads(vitlab("info", "--model", "S/16", "img_size=32", "model.patch_size=4", "--json").stdout)
+    assert small["model"]["img_size"] == 32 and small["model"]["patch_size"] == 4 and small["model"]["embed_dim"] == 384
+    assert (
+        small["forward_flops_per_image"]
+        < 0.35 * json.loads(vitlab("info", "--model", "S/16", "--json").stdout)["forward_flops_per_image"]
+    )  # 65 tokens instead of 197
+    _assert_clean_error(vitlab("info", "--model", "S/16", "train.lr=3", check=False), "only model settings apply")
+    _assert_clean_error(vitlab("info", run_dir, "depth=3", check=False), "has its own model")
 
 
 def test_commands_keep_freed_memory_of_every_size_for_reuse(monkeypatch, capsys):

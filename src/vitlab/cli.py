@@ -365,15 +365,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     from vitlab.models.flops import forward_flops, training_flops
     from vitlab.models.registry import DEFAULT_PRESET, build_model, model_config
 
-    if args.checkpoint:
+    # key=value items reshape the preset (`vitlab info --model S/16 img_size=32`); any other item is a run.
+    overrides = [item for item in args.items if "=" in item and not Path(item).exists()]
+    checkpoints = [item for item in args.items if item not in overrides]
+    if len(checkpoints) > 1:
+        raise ConfigError(f"give one run or checkpoint, got {len(checkpoints)}: {' '.join(checkpoints)}")
+    if checkpoints and (args.model or overrides):
+        raise ConfigError("a run or checkpoint has its own model: give it, or --model and key=value settings")
+    if checkpoints:
         from vitlab.engine.checkpoint import load_checkpoint
 
-        model, metadata = load_checkpoint(args.checkpoint)
-        source = str(args.checkpoint)
+        model, metadata = load_checkpoint(checkpoints[0])
+        source = checkpoints[0]
     else:
-        config = model_config(args.model or DEFAULT_PRESET)
+        from vitlab.config import RunConfig, apply_overrides
+
+        name = args.model or DEFAULT_PRESET
+        config = apply_overrides(RunConfig(model=model_config(name)), overrides, sections=("model",)).model
         config.validate()
-        model, metadata, source = build_model(config), {}, f"preset {args.model or DEFAULT_PRESET}"
+        model, metadata = build_model(config), {}
+        source = f"preset {name}" + "".join(f" {item}" for item in overrides)
     config = model.config
     payload = {
         "source": source,
@@ -636,7 +647,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=cmd_export)
 
     info = sub.add_parser("info", help="parameters and FLOPs of a preset or checkpoint")
-    info.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT")
+    info.add_argument(
+        "items",
+        nargs="*",
+        metavar="RUN_OR_CHECKPOINT | key=value",
+        help="a run or checkpoint, or model settings that change the preset, e.g. img_size=32 patch_size=4",
+    )
     info.add_argument("--model", help="preset name (default: the default preset)")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=cmd_info)

@@ -307,8 +307,8 @@ def section_from_dict(cls: type, raw: dict[str, Any], section: str) -> Any:
     return cls(**{k: _coerce(section, known[k], v) for k, v in raw.items()})
 
 
-def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `section.key=value` or unique bare `key=value` strings to a config."""
+def apply_overrides(config: RunConfig, overrides: list[str], sections: tuple[str, ...] = tuple(_SECTIONS)) -> RunConfig:
+    """Apply `section.key=value` or unique bare `key=value` strings to a config (keys of `sections` only)."""
     raw = config.to_dict()
     for item in overrides:
         if "=" not in item:
@@ -319,6 +319,10 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         except yaml.YAMLError:
             value = text
         section, name = _resolve_key(key.strip())
+        if section not in sections:
+            raise ConfigError(
+                f"{key.strip()!r} is a {section} setting; only {' and '.join(sections)} settings apply here"
+            )
         raw[section][name] = value
     return RunConfig.from_dict(raw)
 
