@@ -109,8 +109,8 @@ def plot_attention_overlays(
 ) -> Path:
     """The input image, then each (H, W) map overlaid on it, with a shared colour bar."""
     panels = len(maps) + 1
-    columns = min(columns, panels)
-    rows = -(-panels // columns)
+    rows = -(-panels // min(columns, panels))
+    columns = -(-panels // rows)  # rows as even as they can be: 7 panels as 4 + 3, not 6 + 1
     fig, axes = plt.subplots(rows, columns, figsize=(2.1 * columns + 0.8, 2.3 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
