@@ -106,10 +106,16 @@ def build_report(run_dir: str | Path) -> Path:
     total_seconds = sum(h["seconds"] for h in history)
     best = max(history, key=lambda h: h["test_accuracy"])
     facts = {"test_images": scores.num_examples} | run_info  # run.json's figures, for a run that has one
+    # The last scored epoch is the last one trained (a run scores its last epoch whatever train.eval_every says).
+    trained = history[-1]["epoch"]
+    if config.train.time_budget:
+        length = f"{trained} epoch{'s' * (trained != 1)} in a {config.train.time_budget:.0f} s budget"
+    else:
+        length = f"{trained} of {config.train.epochs} epochs"
     lines = [
         f"# Training report: {run_dir.name}",
         "",
-        f"{config.preset or 'custom'} {config.model.arch} on {config.data.dataset}, {len(history)} of {config.train.epochs} epochs, "
+        f"{config.preset or 'custom'} {config.model.arch} on {config.data.dataset}, {length}, "
         f"{total_seconds:.0f} s of training and evaluation.",
         "",
         "| figure | value |",
