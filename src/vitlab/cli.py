@@ -142,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = {
         "run_dir": str(run_dir),
         "report": str(report_path) if report_path else None,
-        "epochs": len(result.history),
+        "epochs": result.epochs,
         "test_accuracy": result.final.accuracy,
         "test_loss": result.final.loss,
         "best_test_accuracy": result.best_accuracy,

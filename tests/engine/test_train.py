@@ -137,6 +137,7 @@ def test_eval_every_skips_evaluations_but_always_scores_the_last_epoch(tmp_path)
     trainer.evaluate = lambda model=None: evaluations.append(1) or original(model)
     result = trainer.run()
     assert [s.epoch for s in result.history] == [2, 3]  # epoch 1 skipped, the last one always scored
+    assert result.epochs == 3  # what `vitlab train --json` reports, not the two scored
     assert len(evaluations) == 2
     resumed = trainer_for_resume(tmp_path / "run", epochs=4)  # the resume state moved on after epoch 3
     assert resumed.start_epoch == 3

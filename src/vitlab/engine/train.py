@@ -75,6 +75,11 @@ class TrainResult:
     final: EvalResult | None = None
     seconds: float = 0.0
 
+    @property
+    def epochs(self) -> int:
+        """Epochs trained: the last scored epoch is the last one (train.eval_every may skip the others)."""
+        return self.history[-1].epoch if self.history else 0
+
 
 # A progress callback receives (epoch, fraction of the run done, running stats of the epoch).
 ProgressCallback = Callable[[int, float, dict[str, float]], None]
