@@ -28,6 +28,14 @@ def test_each_epoch_is_one_whole_line_on_a_pipe(capsys, monkeypatch):
     assert "acc 90.12% (EMA 91.23%)  lr" in lines[1]
 
 
+def test_on_a_pipe_only_the_epoch_lines_are_printed_not_the_bar(capsys):
+    with TrainingProgress(total_epochs=36) as progress:
+        progress.on_step(2, 0.08, {"loss": 0.5, "accuracy": 0.9, "images_per_second": 3000.0})
+        progress.on_epoch(epoch_stats(ema=None))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epoch   3/36  train loss")  # no bar cut at 80 columns
+
+
 def test_a_disabled_progress_prints_nothing(capsys):
     TrainingProgress(total_epochs=2, enabled=False).on_epoch(epoch_stats(ema=None))
     assert capsys.readouterr().err == ""

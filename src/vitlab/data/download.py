@@ -17,10 +17,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from vitlab.errors import DataError
+from vitlab.terminal import draws_live, progress_console
 
 CHUNK = 1 << 16
 TIMEOUT_SECONDS = 30
@@ -81,16 +81,12 @@ def download(remote: RemoteFile, folder: Path, show_progress: bool = True) -> Pa
     if target.exists() and matches_checksum(target, remote):
         return target
     failures = [f"{target} on disk does not match the published checksum"] if target.exists() else []
+    console = progress_console()
     progress = (
         Progress(
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-            console=Console(stderr=True),  # stdout is for results (--json)
+            BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), transient=True, console=console
         )
-        if show_progress
+        if show_progress and draws_live(console)
         else None
     )
     with progress or _NoProgress():

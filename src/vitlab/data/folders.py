@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vitlab.cores import available_cores
 from vitlab.data.images import load_image
 from vitlab.errors import DataError, ImageError
+from vitlab.terminal import draws_live, progress_console
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 PROGRESS_MIN_FILES = 2000  # decoding fewer images takes a few seconds at most: no bar
@@ -136,14 +136,15 @@ def decode_files(
     tasks = [(path, channels, size) for path, _ in files]
     labels: list[int] = []
     skipped: list[str] = []
+    console = progress_console()
     progress = Progress(
         TextColumn("decoding images"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         transient=True,
-        console=Console(stderr=True),
-        disable=len(files) < PROGRESS_MIN_FILES,
+        console=console,
+        disable=len(files) < PROGRESS_MIN_FILES or not draws_live(console),
     )
     with open(target, "wb") as handle, progress:
         task = progress.add_task("decode", total=len(files))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vitlab.engine.train import EpochStats
+from vitlab.terminal import draws_live, progress_console
 
 
 class TrainingProgress:
@@ -17,7 +17,7 @@ class TrainingProgress:
 
     def __init__(self, total_epochs: int | None, start_fraction: float = 0.0, enabled: bool = True) -> None:
         """total_epochs is None for a run that ends on a time budget."""
-        self.console = Console(stderr=True)
+        self.console = progress_console()
         self.epochs_label = f"/{total_epochs}" if total_epochs else ""
         self.enabled = enabled
         self.progress = Progress(
@@ -31,7 +31,7 @@ class TrainingProgress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=self.console,
-            disable=not enabled,
+            disable=not (enabled and draws_live(self.console)),  # the epoch lines are printed either way
         )
         self.task = self.progress.add_task(
             "train",
