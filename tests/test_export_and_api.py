@@ -131,3 +131,20 @@ def test_a_vit_runs_at_another_image_size_with_a_resampled_position_table(tmp_pa
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(1))
     # The rest of the weights are untouched.
     torch.testing.assert_close(big._model.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+
+
+def test_many_files_are_read_in_order_and_one_unreadable_file_stops_them_all(tmp_path, checkpoint):
+    path, _ = checkpoint
+    classifier = vitlab.load(path)
+    rng = np.random.default_rng(1)
+    files = []
+    for index in range(300):  # enough for worker processes to decode them
+        files.append(tmp_path / f"{index:03d}.png")
+        Image.fromarray((rng.random((20 + index % 9, 28)) * 255).astype(np.uint8)).save(files[-1])
+    images = classifier.read_files(files)
+    assert len(images) == 300
+    for index in (0, 149, 299):
+        assert torch.equal(images[index], classifier.to_uint8(files[index]))
+    files[150].write_text("not a picture")
+    with pytest.raises(ImageError, match="150.png is not an image"):
+        classifier.read_files(files)

@@ -20,6 +20,7 @@ from PIL import Image
 from vitlab.data.images import convert_image, load_image
 from vitlab.data.tensors import to_model_input
 from vitlab.errors import ConfigError, ImageError
+from vitlab.terminal import counting_bar
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 PREDICT_CHUNK = 256  # images per forward pass in predict_proba
@@ -86,6 +87,19 @@ class Classifier:
         count = len(self.metadata.get("class_names") or []) or (self._model.config.num_classes if self._model else 0)
         self.classes: list[str] = list(self.metadata.get("class_names") or [str(i) for i in range(count)])
 
+    def read_files(self, paths: Sequence[str | Path]) -> list[torch.Tensor]:
+        """Image files as uint8 (channels, size, size), every one read before any is returned (the first that
+        cannot be read raises ImageError); many are decoded in worker processes, under a progress bar."""
+        from vitlab.cores import available_cores
+        from vitlab.data.folders import decoded_images
+
+        images = []
+        for item in decoded_images([str(p) for p in paths], self.channels, self.img_size, available_cores()):
+            if isinstance(item, str):
+                raise ImageError(item)
+            images.append(torch.from_numpy(item))
+        return images
+
     def to_uint8(self, image: ImageLike) -> torch.Tensor:
         """One image of any supported kind -> uint8 (channels, size, size)."""
         if isinstance(image, (str, Path)):
@@ -120,9 +134,12 @@ class Classifier:
             self._model.eval()
         # In chunks, so that a folder of thousands of images never holds all their activations at once.
         chunks = []
-        for chunk in batch.split(PREDICT_CHUNK):
-            inputs = to_model_input(chunk, self.mean, self.std, self.img_size, self.channels)
-            chunks.append(self._onnx.logits(inputs) if self._onnx is not None else self._model(inputs).float())
+        with counting_bar("classifying", len(batch)) as progress:
+            task = progress.add_task("classify", total=len(batch))
+            for chunk in batch.split(PREDICT_CHUNK):
+                inputs = to_model_input(chunk, self.mean, self.std, self.img_size, self.channels)
+                chunks.append(self._onnx.logits(inputs) if self._onnx is not None else self._model(inputs).float())
+                progress.advance(task, len(chunk))
         return torch.cat(chunks).softmax(dim=1)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 1) -> list[Prediction]:

@@ -298,7 +298,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     classifier = load(args.checkpoint, img_size=args.img_size)
     paths = image_paths(args.images)
-    items = [classifier.to_uint8(path) for path in paths]  # every file is checked before any is classified
+    items = classifier.read_files(paths)  # every file is checked before any is classified
     if args.invert:
         items = [255 - item for item in items]
     predictions = classifier.predict(items, top_k=args.top_k)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+COUNTING_BAR_FROM = 2000  # fewer images take a few seconds at most: no bar
 
 
 def progress_console() -> Console:
@@ -15,3 +18,18 @@ def draws_live(console: Console) -> bool:
     file rich would still print the bar once as it stops, cut at 80 columns, or an empty line for a
     transient one."""
     return console.is_terminal or console.is_jupyter
+
+
+def counting_bar(label: str, total: int) -> Progress:
+    """A transient bar counting `total` items ('decoding images 1200/5000'), drawn only from COUNTING_BAR_FROM
+    items and where it is watched live; start it with `with`, add one task and advance that."""
+    console = progress_console()
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=console,
+        disable=total < COUNTING_BAR_FROM or not draws_live(console),
+    )

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import unreadable_image_folder
+from vitlab import terminal
 from vitlab.config import DataConfig
 from vitlab.data import folders
 from vitlab.data.datasets import input_shape, open_dataset
@@ -132,9 +133,9 @@ def test_full_disk_while_caching_costs_the_cache_not_the_run(tmp_path, monkeypat
 
 def test_decoding_shows_its_progress_on_stderr_only(tmp_path, monkeypatch, capsys):
     root = make_folder(tmp_path / "data", per_class=4)
-    monkeypatch.setattr(folders, "PROGRESS_MIN_FILES", 1)
+    monkeypatch.setattr(terminal, "COUNTING_BAR_FROM", 1)
     shown = []
-    monkeypatch.setattr(folders.Progress, "advance", lambda self, task, advance=1: shown.append(advance))
+    monkeypatch.setattr(terminal.Progress, "advance", lambda self, task, advance=1: shown.append(advance))
     splits = open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16)
     assert len(shown) == len(splits.train) + len(splits.test) == 8
     assert capsys.readouterr().out == ""

@@ -23,15 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vitlab.cores import available_cores
 from vitlab.data.images import load_image
 from vitlab.errors import DataError, ImageError
-from vitlab.terminal import draws_live, progress_console
+from vitlab.terminal import counting_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-PROGRESS_MIN_FILES = 2000  # decoding fewer images takes a few seconds at most: no bar
 TEST_FOLDER_NAMES = ("test", "val")
 
 
@@ -113,10 +111,23 @@ def _decode(task: tuple[str, int, int]) -> np.ndarray | str:
 def _decoded(tasks: list[tuple[str, int, int]], workers: int) -> Iterator[np.ndarray | str]:
     """Each task's image (or error message), in order, decoded in worker processes when it pays."""
     if workers > 1 and len(tasks) > 256:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        try:
             yield from pool.map(_decode, tasks, chunksize=max(1, min(256, len(tasks) // (workers * 16))))
+        finally:  # a reader that stops early (an unreadable file for predict, Ctrl-C) leaves the rest undone
+            pool.shutdown(cancel_futures=True)
     else:
         yield from map(_decode, tasks)
+
+
+def decoded_images(paths: list[str], channels: int, size: int, workers: int) -> Iterator[np.ndarray | str]:
+    """Each file as uint8 (channels, size, size), or the one-line reason it could not be read, in order;
+    decoded in `workers` processes when there are enough files, under a progress bar from 2,000 files."""
+    with counting_bar("decoding images", len(paths)) as progress:
+        task = progress.add_task("decode", total=len(paths))
+        for item in _decoded([(path, channels, size) for path in paths], workers):
+            progress.advance(task)  # before handing the item over: a zip() over the paths stops at the last one
+            yield item
 
 
 def map_images(path: Path, count: int, channels: int, size: int) -> torch.Tensor:
@@ -133,28 +144,15 @@ def decode_files(
 
     Only labels and skipped paths stay in memory; a full disk raises OSError from the write.
     """
-    tasks = [(path, channels, size) for path, _ in files]
     labels: list[int] = []
     skipped: list[str] = []
-    console = progress_console()
-    progress = Progress(
-        TextColumn("decoding images"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        console=console,
-        disable=len(files) < PROGRESS_MIN_FILES or not draws_live(console),
-    )
-    with open(target, "wb") as handle, progress:
-        task = progress.add_task("decode", total=len(files))
-        for (path, label), item in zip(files, _decoded(tasks, workers)):
+    with open(target, "wb") as handle:
+        for (path, label), item in zip(files, decoded_images([path for path, _ in files], channels, size, workers)):
             if isinstance(item, str):
                 skipped.append(path)
             else:
                 handle.write(np.ascontiguousarray(item, dtype=np.uint8).tobytes())
                 labels.append(label)
-            progress.advance(task)
     return len(labels), labels, skipped
 
 
