@@ -156,7 +156,7 @@ class Trainer:
         # Kept on the device once, so each batch is an index into memory, not a Python loop.
         # Under torchrun, gradients are averaged across processes by DDP; weights stay identical.
         self.ddp = nn.parallel.DistributedDataParallel(self.model) if self.world.distributed else None
-        self.train_module: nn.Module = self.ddp or self.model
+        self.train_module: nn.Module = self.ddp if self.ddp is not None else self.model
         if config.train.compile:
             self.train_module = compiled(self.train_module, self.device)
         self.train_images = self.train_set.images.to(self.device)
