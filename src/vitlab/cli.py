@@ -23,10 +23,8 @@ def _print_json(payload: dict[str, Any]) -> None:
 def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str, str | None]:
     """The resolved config of a new `train`/`finetune` run, a label for its default folder name and the
     shipped recipe it started from (if any)."""
-    from vitlab.config import parse_duration
     from vitlab.recipes import recipe_for, resolve_run_config
 
-    overrides = args.overrides + ([f"train.time_budget={parse_duration(args.time_budget)}"] if args.time_budget else [])
     recipe = None
     if args.command == "finetune":
         from vitlab.recipes import resolve_finetune_config
@@ -38,8 +36,9 @@ def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str, str | Non
             freeze_until=args.freeze_until,
             layer_decay=args.layer_decay,
             epochs=args.epochs,
+            time_budget=args.time_budget,
             seed=args.seed,
-            overrides=overrides,
+            overrides=args.overrides,
         )
         label = f"finetune-{Path(args.dataset).name}"
     else:
@@ -51,8 +50,9 @@ def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str, str | Non
             config_file=args.config,
             dataset=args.dataset,
             epochs=args.epochs,
+            time_budget=args.time_budget,
             seed=args.seed,
-            overrides=overrides,
+            overrides=args.overrides,
         )
         label = Path(config.data.dataset).name
     return config, label, recipe

@@ -43,6 +43,7 @@ def resolve_run_config(
     config_file: str | None = None,
     dataset: str | None = None,
     epochs: int | None = None,
+    time_budget: str | None = None,
     seed: int | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
@@ -67,7 +68,7 @@ def resolve_run_config(
     merged = {"model": dataclasses.asdict(base) | raw.get("model", {})}
     config = RunConfig.from_dict({**raw, **merged, "preset": name})
     config.data.dataset = data_name
-    return _finish(config, epochs, seed, overrides)
+    return _finish(config, epochs, time_budget, seed, overrides)
 
 
 def resolve_compare_configs(
@@ -93,7 +94,6 @@ def resolve_compare_configs(
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ConfigError(f"--models names {', '.join(twice)} more than once; each model is trained once")
-    budget = [f"train.time_budget={parse_duration(time_budget)}"] if time_budget else []
     recipe = recipe or recipe_for(dataset)
     configs = [
         resolve_run_config(
@@ -101,21 +101,29 @@ def resolve_compare_configs(
             recipe=recipe,
             dataset=dataset,
             epochs=epochs,
+            time_budget=time_budget,
             seed=seed,
-            overrides=(overrides or []) + budget,
+            overrides=overrides,
         )
         for name in names
     ]
     return names, configs, recipe
 
 
-def _finish(config: RunConfig, epochs: int | None, seed: int | None, overrides: list[str] | None) -> RunConfig:
-    """Apply the --epochs and --seed flags, then key=value overrides, then validate."""
+def _finish(
+    config: RunConfig,
+    epochs: int | None,
+    time_budget: str | None,
+    seed: int | None,
+    overrides: list[str] | None,
+) -> RunConfig:
+    """Apply the --epochs and --seed flags, then key=value overrides, then --time-budget ('10m'), then validate."""
     if epochs is not None:
         config.train.epochs = epochs
     if seed is not None:
         config.train.seed = seed
-    config = apply_overrides(config, overrides or []).validate()
+    budget = [f"train.time_budget={parse_duration(time_budget)}"] if time_budget else []
+    config = apply_overrides(config, [*(overrides or []), *budget]).validate()
     # Paths are saved absolute, so the run resumes and its checkpoints evaluate from any working directory.
     if is_image_folder(config.data.dataset):
         config.data.dataset = str(Path(config.data.dataset).expanduser().resolve())
@@ -132,6 +140,7 @@ def resolve_finetune_config(
     freeze_until: int = 0,
     layer_decay: float = 1.0,
     epochs: int | None = None,
+    time_budget: str | None = None,
     seed: int | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
@@ -153,4 +162,4 @@ def resolve_finetune_config(
     config.train.init_from = str(source)
     config.train.freeze_until = freeze_until
     config.train.layer_decay = layer_decay
-    return _finish(config, epochs, seed, overrides)
+    return _finish(config, epochs, time_budget, seed, overrides)
