@@ -134,12 +134,11 @@ class Classifier:
             self._model.eval()
         # In chunks, so that a folder of thousands of images never holds all their activations at once.
         chunks = []
-        with counting_bar("classifying", len(batch)) as progress:
-            task = progress.add_task("classify", total=len(batch))
+        with counting_bar("classifying", len(batch)) as advance:
             for chunk in batch.split(PREDICT_CHUNK):
                 inputs = to_model_input(chunk, self.mean, self.std, self.img_size, self.channels)
                 chunks.append(self._onnx.logits(inputs) if self._onnx is not None else self._model(inputs).float())
-                progress.advance(task, len(chunk))
+                advance(len(chunk))
         return torch.cat(chunks).softmax(dim=1)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 1) -> list[Prediction]:

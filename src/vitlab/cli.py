@@ -71,6 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.launch import interrupted_message, launched_worker
     from vitlab.report.progress import TrainingProgress
     from vitlab.report.tensorboard import TensorBoardLogger
+    from vitlab.terminal import counted
 
     world = world_from_environment()
     refuse_changes_on_resume(args)
@@ -156,11 +157,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{result.seconds:.0f}s of training; checkpoints in {run_dir / 'checkpoints'}"
         )
     return 0
-
-
-def counted(count: int, noun: str) -> str:
-    """'1 epoch', '2 epochs'."""
-    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 # What a resumed run keeps as it was set up, by the option that would otherwise change it.

@@ -1,6 +1,9 @@
-"""Where progress bars go: stderr (stdout is for results), and only where someone watches them live."""
+"""Console output: progress bars go to stderr (stdout is for results), and only where someone watches them live."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -20,11 +23,12 @@ def draws_live(console: Console) -> bool:
     return console.is_terminal or console.is_jupyter
 
 
-def counting_bar(label: str, total: int) -> Progress:
+@contextlib.contextmanager
+def counting_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """A transient bar counting `total` items ('decoding images 1200/5000'), drawn only from COUNTING_BAR_FROM
-    items and where it is watched live; start it with `with`, add one task and advance that."""
+    items and where it is watched live; `with counting_bar(...) as advance:` then `advance(n)` per n done."""
     console = progress_console()
-    return Progress(
+    progress = Progress(
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
@@ -33,3 +37,11 @@ def counting_bar(label: str, total: int) -> Progress:
         console=console,
         disable=total < COUNTING_BAR_FROM or not draws_live(console),
     )
+    with progress:
+        task = progress.add_task(label, total=total)
+        yield lambda done=1: progress.advance(task, done)
+
+
+def counted(count: int, noun: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{count} {noun}{'s' * (count != 1)}"

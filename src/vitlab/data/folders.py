@@ -123,10 +123,9 @@ def _decoded(tasks: list[tuple[str, int, int]], workers: int) -> Iterator[np.nda
 def decoded_images(paths: list[str], channels: int, size: int, workers: int) -> Iterator[np.ndarray | str]:
     """Each file as uint8 (channels, size, size), or the one-line reason it could not be read, in order;
     decoded in `workers` processes when there are enough files, under a progress bar from 2,000 files."""
-    with counting_bar("decoding images", len(paths)) as progress:
-        task = progress.add_task("decode", total=len(paths))
+    with counting_bar("decoding images", len(paths)) as advance:
         for item in _decoded([(path, channels, size) for path in paths], workers):
-            progress.advance(task)  # before handing the item over: a zip() over the paths stops at the last one
+            advance()  # before handing the item over: a zip() over the paths stops at the last one
             yield item
 
 

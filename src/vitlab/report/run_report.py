@@ -17,6 +17,7 @@ from vitlab.errors import ConfigError
 from vitlab.explain.attention import layer_maps, rollout_map, to_image_grid
 from vitlab.models.vit import ViT
 from vitlab.report import plots
+from vitlab.terminal import counted
 
 MISCLASSIFIED_SHOWN = 24
 ATTENTION_EXAMPLES = 3
@@ -109,7 +110,7 @@ def build_report(run_dir: str | Path) -> Path:
     # The last scored epoch is the last one trained (a run scores its last epoch whatever train.eval_every says).
     trained = history[-1]["epoch"]
     if config.train.time_budget:
-        length = f"{trained} epoch{'s' * (trained != 1)} in a {config.train.time_budget:.0f} s budget"
+        length = f"{counted(trained, 'epoch')} in a {config.train.time_budget:.0f} s budget"
     else:
         length = f"{trained} of {config.train.epochs} epochs"
     lines = [
