@@ -111,8 +111,9 @@ def main() -> int:
 - Machine: {machine_line()}
 - Date: {today()}
 - {model}, global batch {args.batch}, {whole["precision"]}, the Trainer's own step (AdamW, fused); each row in a
-  fresh process that keeps freed memory of every size for reuse, as `vitlab train` does. "Taken by the step": peak resident memory above the process's size before the first step
-  (weights and data were loaded by then). Speed: the mean of {args.steps} timed steps after one untimed.
+  fresh process that keeps freed memory of every size for reuse, as `vitlab train` does. "Taken by the
+  step": peak resident memory above the process's size before the first step (weights and data were
+  loaded by then). Speed: the mean of {args.steps} timed steps after one untimed.
 
 {chr(10).join(lines)}
 """
