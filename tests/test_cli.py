@@ -214,6 +214,9 @@ def test_bad_images_and_checkpoints_give_one_line_errors(trained_run, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     _assert_clean_error(vitlab("predict", run_dir, tmp_path / "empty.png", check=False), "empty")
     _assert_clean_error(vitlab("predict", run_dir, tmp_path / "absent.png", check=False), "not found")
+    for command in (["predict", tmp_path / "notes.png"], ["eval"]):
+        refused = vitlab(command[0], tmp_path / "absent.onnx", *command[1:], check=False)
+        _assert_clean_error(refused, "exported model not found")
     (tmp_path / "fake.safetensors").write_bytes(b"\x00" * 64)
     _assert_clean_error(vitlab("eval", tmp_path / "fake.safetensors", check=False), "not a readable safetensors")
     torch.save({"weight": torch.zeros(2)}, tmp_path / "model.pt")

@@ -134,6 +134,8 @@ class OnnxClassifier:
 
     def __init__(self, path: str | Path) -> None:
         ort = _require("onnxruntime")
+        if not Path(path).is_file():  # onnxruntime's own message for this is three lines of its internals
+            raise CheckpointError(f"exported model not found: {path}")
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
