@@ -182,7 +182,7 @@ def _assert_clean_error(result, fragment):
         (["train", "embed_dim=30", "num_heads=4"], "not divisible"),
         (["train", "patch_size=40"], "larger than"),
         (["train", "--config", "/nonexistent.yaml"], "config file not found"),
-        (["train", "--dataset", "imagenet"], "unknown dataset"),
+        (["train", "--dataset", "imagenet"], "cifar100, or the path of an image folder"),
         (["eval", "/nonexistent/run"], "checkpoint not found"),
         (["info", "--model", "huge"], "unknown model preset"),
         (["train", "--bogus"], "unrecognized arguments"),

@@ -154,7 +154,9 @@ def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+        raise DataError(
+            f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, or the path of an image folder"
+        ) from None
 
 
 def read_idx(path: str | Path) -> np.ndarray:
