@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world.size > 1:
             workers = f"{world.size} processes x {workers}"
         length = f"{cfg.train.time_budget:.0f} s" if cfg.train.time_budget else counted(cfg.train.epochs, "epoch")
-        trained_on = cfg.data.dataset + (f" with the {recipe} recipe" if recipe else "")
+        trained_on = cfg.data.dataset + _with_recipe(recipe)
         print(
             f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {trained_on} "
             f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
@@ -448,6 +448,11 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_recipe(recipe: str | None) -> str:
+    """' with the NAME recipe' for the lines and titles that say what a run trained on ('' without one)."""
+    return f" with the {recipe} recipe" if recipe else ""
+
+
 # ----- compare ----------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
     from vitlab.engine.compare import run_contender
@@ -479,8 +484,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"training {name} ...", file=sys.stderr)
         results.append(run_contender(name, config, run_dir))
         build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
-    recipe_part = f" with the {recipe} recipe" if recipe else ""
-    paths = write_comparison(results, out, f"{' vs '.join(names)} on {label}{recipe_part}")
+    paths = write_comparison(results, out, f"{' vs '.join(names)} on {label}{_with_recipe(recipe)}")
     if args.json:
         _print_json(
             {
