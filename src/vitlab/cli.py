@@ -274,7 +274,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _print_json(payload)
         return 0
     print(
-        f"{name} test: accuracy {scores.accuracy:.2%}  top-5 {scores.top5_accuracy:.2%}  loss {scores.loss:.4f}  ({scores.num_examples} images)"
+        f"{name} test: accuracy {scores.accuracy:.2%}  "
+        + (f"top-5 {scores.top5_accuracy:.2%}  " if scores.top5_accuracy is not None else "")
+        + f"loss {scores.loss:.4f}  ({scores.num_examples} images)"
     )
     for class_name, accuracy in payload["per_class_accuracy"].items():
         print(f"  {class_name:>12}  {accuracy:.2%}")

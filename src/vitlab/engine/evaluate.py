@@ -19,7 +19,7 @@ class EvalResult:
 
     accuracy: float
     loss: float
-    top5_accuracy: float
+    top5_accuracy: float | None  # None with 5 classes or fewer, where every label is in the top 5
     per_class_accuracy: list[float]
     confusion: torch.Tensor  # (true, predicted) counts
     num_examples: int
@@ -111,8 +111,9 @@ def scores_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult
     predicted = logits.argmax(dim=1)
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, -1)
     per_class_total = confusion.sum(dim=1).clamp(min=1)
-    k = min(5, num_classes)
-    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+    top5 = None
+    if num_classes > 5:
+        top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
     return EvalResult(
         accuracy=(predicted == labels).float().mean().item(),
         loss=F.cross_entropy(logits, labels).item(),

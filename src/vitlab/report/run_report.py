@@ -124,7 +124,7 @@ def build_report(run_dir: str | Path) -> Path:
         f"| final test accuracy (last checkpoint) | {scores.accuracy:.2%} |",
         f"| best test accuracy | {best['test_accuracy']:.2%} (epoch {best['epoch']}) |",
         f"| final test loss | {scores.loss:.4f} |",
-        f"| top-5 accuracy | {scores.top5_accuracy:.2%} |",
+        *([f"| top-5 accuracy | {scores.top5_accuracy:.2%} |"] if scores.top5_accuracy is not None else []),
         f"| training speed (last epoch) | {history[-1]['images_per_second']:,.0f} images/s |",
         *[
             f"| {key.replace('_', ' ')} | {f'{value:,}' if isinstance(value, int) else value} |"
