@@ -22,3 +22,25 @@ def test_a_budgeted_run_reports_its_epochs_and_budget_not_the_ignored_epoch_coun
     config = resolve_run_config(preset="mnist-tiny", epochs=2, overrides=[*TINY, "train.time_budget=2"])
     trained = start_new_run(config, tmp_path / "budget").run().history[-1].epoch  # tens of epochs here
     assert f"on mnist, {trained} epoch{'s' * (trained != 1)} in a 2 s budget," in _report_line(tmp_path / "budget")
+
+
+def test_attention_figures_are_titled_with_the_true_and_predicted_class(tmp_path, monkeypatch):
+    import torch
+
+    from vitlab.config import ModelConfig
+    from vitlab.models.vit import ViT
+    from vitlab.report import plots, run_report
+
+    model = ViT(ModelConfig(embed_dim=16, depth=1, num_heads=2, num_classes=3)).eval()
+    torch.nn.init.normal_(model.head.weight)  # the zero-initialised head would predict class 0 for everything
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        predicted = model(images.float() / 255).argmax(dim=1).tolist()
+    titles = []
+    monkeypatch.setattr(plots, "plot_attention_overlays", lambda *args: titles.append(args[-1]))
+    names = ["zero", "one", "two"]
+    run_report.attention_figures(model, images, torch.tensor([2, 0]), names, [0.0], [1.0], tmp_path)
+    assert titles == [
+        f"Attention (cls pooling): true two, predicted {names[predicted[0]]}",
+        f"Attention (cls pooling): true zero, predicted {names[predicted[1]]}",
+    ]

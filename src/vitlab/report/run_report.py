@@ -42,9 +42,16 @@ def most_confused_pairs(confusion: torch.Tensor, class_names: list[str], count: 
 
 
 def attention_figures(
-    model: ViT, images: torch.Tensor, mean: list[float], std: list[float], folder: Path
+    model: ViT,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    mean: list[float],
+    std: list[float],
+    folder: Path,
 ) -> list[Path]:
-    """Per-layer and rollout attention overlays for a few uint8 images."""
+    """Per-layer and rollout attention overlays for a few labelled uint8 images, titled with the true and
+    predicted class."""
     config = model.config
     inputs = to_model_input(images, mean, std, config.img_size, config.in_channels)
     with torch.no_grad():
@@ -52,14 +59,17 @@ def attention_figures(
     per_layer = to_image_grid(layer_maps(model, intermediates), model)  # (layers, batch, H, W)
     rolled = to_image_grid(rollout_map(model, intermediates), model)  # (batch, H, W)
     shown = torch.nn.functional.interpolate(images.float(), size=config.img_size).to(torch.uint8)
+    predicted = intermediates["logits"].argmax(dim=1).tolist()
     paths = []
     for index in range(len(images)):
         maps = torch.cat([per_layer[:, index], rolled[index : index + 1]])
         titles = [f"layer {layer}" for layer in range(config.depth)] + ["rollout"]
+        title = (
+            f"Attention ({config.pool} pooling): true {class_names[labels[index]]}, "
+            f"predicted {class_names[predicted[index]]}"
+        )
         paths.append(
-            plots.plot_attention_overlays(
-                shown[index], maps, titles, folder / f"attention_{index}.png", f"Attention ({config.pool} pooling)"
-            )
+            plots.plot_attention_overlays(shown[index], maps, titles, folder / f"attention_{index}.png", title)
         )
     return paths
 
@@ -101,7 +111,9 @@ def build_report(run_dir: str | Path) -> Path:
     has_attention = config.model.arch == "vit"
     if has_attention:
         examples = spread(torch.arange(len(test)), ATTENTION_EXAMPLES)
-        attention_figures(model, test.images[examples], metadata["mean"], metadata["std"], folder)
+        attention_figures(
+            model, test.images[examples], test.labels[examples], names, metadata["mean"], metadata["std"], folder
+        )
 
     pairs = most_confused_pairs(scores.confusion, names)
     total_seconds = sum(h["seconds"] for h in history)
