@@ -122,7 +122,10 @@ def test_info_for_a_preset_and_a_checkpoint(trained_run):
     assert preset["parameters"] == from_run["parameters"]
     assert preset["forward_flops_per_image"] > 0
     assert "parameters" in vitlab("info").stdout
-    assert "  forward FLOPs     8.62 G per image\n" in vitlab("info", "--model", "S/16").stdout  # 8,617 M
+    s16 = vitlab("info", "--model", "S/16").stdout
+    assert "  forward FLOPs     8.62 G per image\n" in s16  # 8,617 M
+    assert "  tokens            197 (14x14 patches of 16px + class token)\n" in s16
+    assert "  tokens            196 (14x14 patches of 16px)\n" in vitlab("info", "--model", "S/16", "pool=mean").stdout
     assert vitlab("--version").stdout.startswith(f"vitlab {vitlab_package.__version__} (torch {torch.__version__}")
     accuracy = from_run["metrics"]["test_accuracy"]
     assert f"  test accuracy     {accuracy:.2%}\n" in vitlab("info", run_dir).stdout

@@ -402,8 +402,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  forward FLOPs     {flops_text(payload['forward_flops_per_image'])} per image")
     print(f"  training FLOPs    {flops_text(payload['training_flops_per_image'])} per image (3x forward)")
     if config.arch == "vit":
-        tokens = config.num_tokens
-        print(f"  tokens            {tokens} ({config.grid_size}x{config.grid_size} patches of {config.patch_size}px)")
+        grid = f"{config.grid_size}x{config.grid_size} patches of {config.patch_size}px"
+        print(f"  tokens            {config.num_tokens} ({grid}{' + class token' if config.has_class_token else ''})")
         print(
             f"  architecture      ViT: width {config.embed_dim}, depth {config.depth}, heads {config.num_heads}, "
             f"MLP {config.mlp_dim}, posenc {config.posenc}, pool {config.pool}, head {config.head}"
