@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from vitlab.atomic import atomic_write_text
 from vitlab.errors import ConfigError
 
 ARCH_CHOICES = ("vit", "resnet")
@@ -363,8 +364,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_yaml(config: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML (atomically: a resumed run rewrites it)."""
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 DURATION_UNITS = {

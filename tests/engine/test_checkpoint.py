@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config
+from vitlab import atomic
 from vitlab.engine import checkpoint as ckpt
 from vitlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from vitlab.errors import CheckpointError
@@ -63,7 +64,7 @@ def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_pat
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C while the new file was being written
 
-    monkeypatch.setattr(ckpt.os, "fsync", crash)
+    monkeypatch.setattr(atomic.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, ViT(tiny_config(depth=3)), INFO)
     assert path.read_bytes() == before

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from vitlab.config import RunConfig
 from vitlab.engine.checkpoint import load_checkpoint
 from vitlab.engine.runtime import autocast, compiled
-from vitlab.engine.train import Trainer, prepare_run_dir, trainer_for_resume
+from vitlab.engine.train import Trainer, prepare_run_dir, read_metrics, trainer_for_resume
 from vitlab.errors import ConfigError
 from vitlab.models.registry import build_model, model_config
 from vitlab.recipes import resolve_run_config
@@ -76,6 +76,19 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, ema_decay):
             torch.testing.assert_close(a, b)
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
+
+
+def test_a_torn_last_metrics_line_is_an_unfinished_epoch_and_a_bad_earlier_line_an_error(tmp_path):
+    new_trainer(tmp_path, quick_config(epochs=1, train_images=500)).run()
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with open(metrics, "a") as handle:
+        handle.write('{"epoch": 2, "train_lo')  # a write cut short, as by a full disk
+    assert [s.epoch for s in read_metrics(tmp_path / "run")] == [1]
+    trainer_for_resume(tmp_path / "run", epochs=2).run()
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
+    metrics.write_text("not json\n" + metrics.read_text())
+    with pytest.raises(ConfigError, match="metrics.jsonl line 1 is not a line of epoch metrics"):
+        read_metrics(tmp_path / "run")
 
 
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):

@@ -1,7 +1,14 @@
 import re
 
+import pytest
+import torch
+
+from vitlab.config import ModelConfig
 from vitlab.engine.train import start_new_run
+from vitlab.errors import ConfigError
+from vitlab.models.vit import ViT
 from vitlab.recipes import resolve_run_config
+from vitlab.report import plots, run_report
 from vitlab.report.run_report import build_report
 
 TINY = ["data.train_subset=256", "data.test_subset=100", "train.batch_size=64", "model.embed_dim=16", "model.depth=1"]
@@ -25,12 +32,6 @@ def test_a_budgeted_run_reports_its_epochs_and_budget_not_the_ignored_epoch_coun
 
 
 def test_attention_figures_are_titled_with_the_true_and_predicted_class(tmp_path, monkeypatch):
-    import torch
-
-    from vitlab.config import ModelConfig
-    from vitlab.models.vit import ViT
-    from vitlab.report import plots, run_report
-
     model = ViT(ModelConfig(embed_dim=16, depth=1, num_heads=2, num_classes=3)).eval()
     torch.nn.init.normal_(model.head.weight)  # the zero-initialised head would predict class 0 for everything
     images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
@@ -44,3 +45,13 @@ def test_attention_figures_are_titled_with_the_true_and_predicted_class(tmp_path
         f"Attention (cls pooling): true two, predicted {names[predicted[0]]}",
         f"Attention (cls pooling): true zero, predicted {names[predicted[1]]}",
     ]
+
+
+def test_a_corrupt_run_json_is_a_one_line_error_and_a_missing_one_is_no_error(tmp_path):
+    config = resolve_run_config(preset="mnist-tiny", epochs=1, overrides=TINY)
+    start_new_run(config, tmp_path / "run").run()
+    (tmp_path / "run" / "run.json").write_text('{"train_images": 25')  # cut short
+    with pytest.raises(ConfigError, match="run.json is not the JSON object vitlab wrote"):
+        build_report(tmp_path / "run")
+    (tmp_path / "run" / "run.json").unlink()  # a run from before run.json existed
+    assert "| train images |" not in (build_report(tmp_path / "run")).read_text()

@@ -9,8 +9,6 @@ about which weights belong to which config. Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +18,15 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
+from vitlab.atomic import atomic_write_bytes
 from vitlab.config import ModelConfig, section_from_dict
 from vitlab.errors import CheckpointError, ConfigError
-from vitlab.interrupts import interrupts_deferred
 from vitlab.models.registry import build_model
 
 FORMAT = "vitlab-checkpoint"
 RESUME_FORMAT = "vitlab-resume"
 FORMAT_VERSION = 1
 METADATA_KEY = "vitlab"
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with interrupts_deferred():
-        _write_then_rename(path, payload)
-
-
-def _write_then_rename(path: Path, payload: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], kind: str = FORMAT) -> None:

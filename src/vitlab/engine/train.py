@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitlab.atomic import atomic_write_text
 from vitlab.config import RunConfig, load_yaml, save_yaml
 from vitlab.data.augment import augment_batch
 from vitlab.data.datasets import open_dataset
@@ -418,7 +419,7 @@ class Trainer:
             "processes": self.world.size,
             "torch": torch.__version__,
         }
-        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
 
     def evaluate(self, model: nn.Module | None = None) -> EvalResult:
         """Score the current weights (or another model's, e.g. the EMA) on the test split.
@@ -445,8 +446,7 @@ class Trainer:
         if not self.world.is_main:
             self.best_accuracy = max(self.best_accuracy, stats.test_accuracy, stats.ema_test_accuracy or 0.0)
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(stats.__dict__) + "\n")
+        write_metrics(self.run_dir, [*read_metrics(self.run_dir), stats])
         metrics = {"test_accuracy": stats.test_accuracy, "test_loss": stats.test_loss}
         info = self.checkpoint_info(stats.epoch, metrics)
         save_checkpoint(self.checkpoint_dir / "last.safetensors", self.model, info)
@@ -484,11 +484,34 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
 
 def read_metrics(run_dir: Path) -> list[EpochStats]:
-    """The epochs recorded in run_dir/metrics.jsonl (empty for a new run)."""
+    """The epochs recorded in run_dir/metrics.jsonl (empty for a new run).
+
+    vitlab replaces the file whole (write_metrics), but one appended to by an older version or torn
+    by a full disk can end in half a line: that epoch counts as not finished, as its checkpoints may
+    not be either. A bad line before the last is an error.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [EpochStats(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    stats = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            stats.append(EpochStats(**json.loads(line)))
+        except (ValueError, TypeError):
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise ConfigError(f"{path} line {number} is not a line of epoch metrics written by vitlab") from None
+    return stats
+
+
+def write_metrics(run_dir: Path, stats: list[EpochStats]) -> None:
+    """Replace run_dir/metrics.jsonl with one JSON line per epoch, atomically: never a torn line."""
+    lines = "".join(json.dumps(s.__dict__) + "\n" for s in stats)
+    atomic_write_text(Path(run_dir) / "metrics.jsonl", lines)
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -557,5 +580,5 @@ def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:
     # Lines written after the resume point belong to an epoch that will be trained again.
     kept = [s for s in read_metrics(run_dir) if s.epoch <= trainer.start_epoch]
     if trainer.world.is_main:
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(s.__dict__) + "\n" for s in kept))
+        write_metrics(run_dir, kept)
     return trainer

@@ -13,6 +13,7 @@ from vitlab.data.tensors import num_batches, to_model_input
 from vitlab.engine.checkpoint import load_checkpoint
 from vitlab.engine.evaluate import predict_logits, scores_from_logits
 from vitlab.engine.schedule import warmup_cosine
+from vitlab.engine.train import read_metrics
 from vitlab.errors import ConfigError
 from vitlab.explain.attention import layer_maps, rollout_map, to_image_grid
 from vitlab.models.vit import ViT
@@ -74,13 +75,27 @@ def attention_figures(
     return paths
 
 
+def run_facts(run_dir: Path) -> dict:
+    """run.json's figures (images, steps per epoch, device...), or {} for a run written before it existed."""
+    path = run_dir / "run.json"
+    if not path.exists():
+        return {}
+    try:
+        facts = json.loads(path.read_text(errors="replace"))
+    except ValueError:
+        facts = None
+    if not isinstance(facts, dict):
+        raise ConfigError(f"{path} is not the JSON object vitlab wrote; delete it to report without those figures")
+    return facts
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write run_dir/report.md and run_dir/report/*.png from the run's config, metrics and last checkpoint."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir} is not a finished run directory (needs config.yaml and metrics.jsonl)")
     config = RunConfig.from_dict(load_yaml(run_dir / "config.yaml"))
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    history = [vars(stats) for stats in read_metrics(run_dir)]
     if not history:
         raise ConfigError(f"{run_dir} has no finished epoch to report on")
     model, metadata = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
@@ -92,7 +107,7 @@ def build_report(run_dir: str | Path) -> Path:
     folder = run_dir / "report"
 
     plots.plot_curves(history, folder / "curves.png")
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    run_info = run_facts(run_dir)
     steps_per_epoch = run_info.get("steps_per_epoch") or num_batches(60000, config.train.batch_size, drop_last=True)
     if config.train.time_budget:  # the schedule ran on time: show the rate each epoch ended with
         steps = [h["epoch"] * steps_per_epoch for h in history]
