@@ -112,6 +112,26 @@ def test_decoded_folder_is_cached_and_invalidated_by_changes(tmp_path, monkeypat
         open_dataset(config, 3, 16)  # the folder changed, so it must decode again
 
 
+@pytest.mark.parametrize("damage", ["truncated images", "garbled index"])
+def test_a_damaged_cache_entry_is_decoded_again_and_replaced(tmp_path, capsys, damage):
+    root = make_folder(tmp_path / "data", per_class=4)
+    config = DataConfig(dataset=str(root), test_fraction=0.25)
+    expected = open_dataset(config, 3, 16).train.images.clone()  # read now: the file under its mapping shrinks
+    entries = list((tmp_path / "cache" / "folders").iterdir())
+    assert len(entries) == 2  # train and test
+    for entry in entries:
+        if damage == "truncated images":
+            os.truncate(entry / "images.u8", 10)
+        else:
+            (entry / "index.json").write_text("{")
+    again = open_dataset(config, 3, 16)
+    assert torch.equal(again.train.images, expected)
+    assert "could not cache" not in capsys.readouterr().err
+    assert sorted((tmp_path / "cache" / "folders").iterdir()) == sorted(entries)
+    for entry in entries:  # repaired in place: the next run reads the cache again
+        assert folders._read_cache(entry, 3, 16) is not None
+
+
 def test_full_disk_while_caching_costs_the_cache_not_the_run(tmp_path, monkeypatch, capsys):
     root = make_folder(tmp_path / "data", per_class=4)
 

@@ -218,6 +218,9 @@ def load_folder_split(
     cached = _read_cache(folder, channels, size)
     if cached is not None:
         return cached
+    # An entry that is there but unreadable was damaged after it was renamed into place: replaced below,
+    # since the rename cannot land on a folder that is not empty.
+    shutil.rmtree(folder, ignore_errors=True)
     try:
         _decode_into_cache(folder, files, channels, size, workers)
     except OSError as exc:  # a full or read-only cache disk costs the cache, not the run
