@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,14 @@ def test_empty_missing_and_truncated_images_are_refused(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match="damaged or truncated"):
         load_image(tmp_path / "cut.png", 1, 28)
+
+
+def test_a_large_image_decodes_without_pillows_warning_and_a_bomb_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns from here and refuses from twice it
+    Image.new("L", (40, 30), 200).save(tmp_path / "large.png")  # 1,200 pixels
+    Image.new("L", (50, 50), 200).save(tmp_path / "bomb.png")  # 2,500 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning printed under the command's output would fail here
+        assert load_image(tmp_path / "large.png", 1, 8).shape == (1, 8, 8)
+    with pytest.raises(ImageError, match=r"bomb.png is too large to decode safely \(Image size \(2500 pixels\)"):
+        load_image(tmp_path / "bomb.png", 1, 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,15 @@ def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     if path.stat().st_size == 0:
         raise ImageError(f"{path} is empty")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return convert_image(image, channels, size)
+        with warnings.catch_warnings():
+            # Pillow warns from 89 M pixels and refuses from twice that (a guard against decompression
+            # bombs). A large scan under the refusal is the user's own file: decoded without the warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return convert_image(image, channels, size)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path} is too large to decode safely ({str(exc).split(', could be')[0]})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image in a format vitlab can read (PNG, JPEG, BMP, WebP...)") from None
     except (OSError, SyntaxError, ValueError) as exc:
