@@ -486,8 +486,8 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 def read_metrics(run_dir: Path) -> list[EpochStats]:
     """The epochs recorded in run_dir/metrics.jsonl (empty for a new run).
 
-    vitlab replaces the file whole (write_metrics), but one appended to by an older version or torn
-    by a full disk can end in half a line: that epoch counts as not finished, as its checkpoints may
+    vitlab replaces the file whole (write_metrics), but one that older versions appended to can end
+    in half a line (a full disk, a kill): that epoch counts as not finished, as its checkpoints may
     not be either. A bad line before the last is an error.
     """
     path = Path(run_dir) / "metrics.jsonl"
