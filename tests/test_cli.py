@@ -1,5 +1,6 @@
 """The command line end to end, through subprocesses, as a user runs it."""
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ from PIL import Image
 
 import vitlab as vitlab_package
 from tests.helpers import SHARED_DATA, unreadable_image_folder
+from vitlab import terminal
+from vitlab.cli import main as vitlab_main
 from vitlab.data.sources import load_split
 from vitlab.export import OnnxClassifier
 
@@ -55,6 +58,21 @@ def test_eval_reports_accuracy_and_per_class_accuracy(trained_run):
     assert set(report["per_class_accuracy"]) == {str(i) for i in range(10)}
     human = vitlab("eval", run_dir).stdout
     assert "accuracy" in human and "top-5" in human
+
+
+def test_eval_counts_the_images_it_has_scored_on_a_bar(trained_run, monkeypatch, capsys):
+    run_dir, _ = trained_run
+    bars = []
+
+    @contextlib.contextmanager
+    def recording_bar(label, total):
+        bars.append([label, total, 0])
+        yield lambda done=1: bars[-1].__setitem__(2, bars[-1][2] + done)
+
+    monkeypatch.setattr(terminal, "counting_bar", recording_bar)
+    assert vitlab_main(["eval", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_examples"] == 10000
+    assert bars == [["scoring", 10000, 10000]]  # advanced batch by batch up to the whole test set
 
 
 def test_eval_on_a_missing_device_fails_before_reading_data(trained_run, monkeypatch):

@@ -221,6 +221,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.engine.checkpoint import load_checkpoint
     from vitlab.engine.evaluate import batched_logits, evaluate, scores_from_logits
     from vitlab.engine.runtime import autocast_dtype, configure_cpu, resolve_device
+    from vitlab.terminal import counting_bar
 
     exported = None
     if Path(args.checkpoint).suffix == ".onnx":
@@ -254,21 +255,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     normalisation = {"mean": metadata["mean"], "std": metadata["std"]}
-    if exported is not None:
-        logits = batched_logits(
-            exported.logits,
-            data.test.images,
-            **normalisation,
-            img_size=img_size,
-            channels=channels,
-            num_classes=num_classes,
-        )
-        scores = scores_from_logits(logits, data.test.labels)
-    else:
-        configure_cpu()
-        model.to(device)
-        dtype = autocast_dtype("auto", device)
-        scores = evaluate(model, data.test.images, data.test.labels, **normalisation, device=device, dtype=dtype)
+    with counting_bar("scoring", len(data.test)) as advance:  # a large model takes minutes over 10,000 images
+        if exported is not None:
+            logits = batched_logits(
+                exported.logits,
+                data.test.images,
+                **normalisation,
+                img_size=img_size,
+                channels=channels,
+                num_classes=num_classes,
+                on_batch=advance,
+            )
+            scores = scores_from_logits(logits, data.test.labels)
+        else:
+            configure_cpu()
+            model.to(device)
+            dtype = autocast_dtype("auto", device)
+            scores = evaluate(
+                model, data.test.images, data.test.labels, **normalisation, device=device, dtype=dtype, on_batch=advance
+            )
     payload = {"checkpoint": str(args.checkpoint), "dataset": name, **scores.to_dict(data.class_names)}
     if args.json:
         _print_json(payload)

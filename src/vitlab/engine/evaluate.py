@@ -47,12 +47,16 @@ def batched_logits(
     num_classes: int,
     batch_size: int = 1000,
     device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """fp32 CPU logits of `forward` (normalised images -> logits) for uint8 (or [0, 1] float) images, in batches."""
+    """fp32 CPU logits of `forward` (normalised images -> logits) for uint8 (or [0, 1] float) images, in
+    batches; `on_batch(n)` is told of each batch of n images done (a progress bar)."""
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = to_model_input(images[start : start + batch_size].to(device), mean, std, img_size, channels)
         outputs.append(forward(batch).float().cpu())
+        if on_batch is not None:
+            on_batch(len(batch))
     return torch.cat(outputs) if outputs else torch.empty(0, num_classes)
 
 
@@ -65,6 +69,7 @@ def predict_logits(
     batch_size: int = 1000,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """fp32 logits of a model for uint8 (or [0, 1] float) images, in batches, on the model's device."""
     device = device or next(model.parameters()).device
@@ -85,6 +90,7 @@ def predict_logits(
             num_classes=config.num_classes,
             batch_size=batch_size,
             device=device,
+            on_batch=on_batch,
         )
 
 
@@ -98,9 +104,12 @@ def evaluate(
     batch_size: int = 1000,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Score a model on labelled uint8 images."""
-    logits = predict_logits(model, images, mean=mean, std=std, batch_size=batch_size, device=device, dtype=dtype)
+    """Score a model on labelled uint8 images (`on_batch` as in batched_logits)."""
+    logits = predict_logits(
+        model, images, mean=mean, std=std, batch_size=batch_size, device=device, dtype=dtype, on_batch=on_batch
+    )
     return scores_from_logits(logits, labels)
 
 
