@@ -9,7 +9,7 @@ from vitlab.config import RunConfig
 from vitlab.engine.checkpoint import load_checkpoint
 from vitlab.engine.runtime import autocast, compiled
 from vitlab.engine.train import Trainer, prepare_run_dir, read_metrics, trainer_for_resume
-from vitlab.errors import ConfigError
+from vitlab.errors import CheckpointError, ConfigError
 from vitlab.models.registry import build_model, model_config
 from vitlab.recipes import resolve_run_config
 
@@ -89,6 +89,15 @@ def test_a_torn_last_metrics_line_is_an_unfinished_epoch_and_a_bad_earlier_line_
     metrics.write_text("not json\n" + metrics.read_text())
     with pytest.raises(ConfigError, match="metrics.jsonl line 1 is not a line of epoch metrics"):
         read_metrics(tmp_path / "run")
+
+
+def test_a_damaged_resume_file_says_the_last_checkpoint_still_serves(tmp_path):
+    new_trainer(tmp_path, quick_config(epochs=1, train_images=500)).run()
+    resume = tmp_path / "run" / "checkpoints" / "resume.safetensors"
+    resume.write_bytes(resume.read_bytes()[:3000])  # cut short by something other than vitlab
+    with pytest.raises(CheckpointError, match="cannot resume, but checkpoints/last.safetensors still serves"):
+        trainer_for_resume(tmp_path / "run", epochs=2)
+    load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")  # as the message says
 
 
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):

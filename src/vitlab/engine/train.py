@@ -230,7 +230,15 @@ class Trainer:
         path = self.checkpoint_dir / "resume.safetensors"
         if not path.exists():
             raise CheckpointError(f"{self.run_dir} has no checkpoints/resume.safetensors to resume from")
-        tensors, metadata = load_tensors(path, expected_format=RESUME_FORMAT)
+        try:
+            tensors, metadata = load_tensors(path, expected_format=RESUME_FORMAT)
+        except CheckpointError as exc:
+            if (self.checkpoint_dir / "last.safetensors").exists():  # what the run has not lost
+                raise CheckpointError(
+                    f"{exc}; the run cannot resume, but checkpoints/last.safetensors still serves eval, "
+                    "predict and finetune"
+                ) from None
+            raise
         model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         load_state_strict(self.model, model_state, path)
         if self.ema_model is not None:
