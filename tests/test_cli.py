@@ -19,6 +19,7 @@ from tests.helpers import SHARED_DATA, unreadable_image_folder
 from vitlab import terminal
 from vitlab.cli import main as vitlab_main
 from vitlab.data.sources import load_split
+from vitlab.engine import compare as compare_engine
 from vitlab.export import OnnxClassifier
 
 QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
@@ -357,8 +358,22 @@ def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
     twice = vitlab("compare", "--models", "mnist-tiny,mnist-tiny", "--epochs", 1, check=False)
     _assert_clean_error(twice, "names mnist-tiny more than once")
     again = vitlab("compare", "--models", "cifar-tiny,resnet-small", "--epochs", 1, "--out", out, check=False)
-    _assert_clean_error(again, f"{out} already holds a run of resnet-small; pick another --out")
+    _assert_clean_error(again, f"{out} holds a run of resnet-small with other settings; pick another --out")
     assert not (out / "cifar-tiny").exists()  # refused before anything trained
+
+
+def test_a_stopped_compare_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    def stopped(name, config, run_dir, on_epoch=None):
+        raise KeyboardInterrupt  # Ctrl-C while the first model trains
+
+    monkeypatch.setattr(compare_engine, "run_contender", stopped)
+    out = tmp_path / "cmp"
+    assert vitlab_main(["compare", "--models", "mnist-tiny,resnet-small", "--epochs", "1", "--out", str(out)]) == 130
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said == (
+        f"vitlab: interrupted; the same command with --out {out} continues: finished models are kept "
+        "and the stopped one resumes from its last finished epoch"
+    )
 
 
 def test_export_onnx_then_predict_with_it(trained_run, tmp_path):

@@ -462,8 +462,9 @@ def _with_recipe(recipe: str | None) -> str:
 
 # ----- compare ----------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    from vitlab.engine.compare import run_contender
+    from vitlab.engine.compare import continues_run, run_contender
     from vitlab.engine.train import check_new_run_dir
+    from vitlab.interrupts import stopped_by_ctrl_c
     from vitlab.recipes import resolve_compare_configs
     from vitlab.report.compare import write_comparison
     from vitlab.report.run_report import build_report
@@ -480,17 +481,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     label = Path(configs[0].data.dataset).name
     out = Path(args.out) if args.out else Path("runs") / time.strftime(f"compare-{label}-%Y%m%d-%H%M%S")
     run_dirs = [out / name.replace("/", "-") for name in names]
-    for name, run_dir in zip(names, run_dirs):  # as fast: an --out holding these runs fails before any training
-        try:
-            check_new_run_dir(run_dir)
-        except ConfigError:
-            raise ConfigError(f"{out} already holds a run of {name}; pick another --out") from None
+    # Checked before any training: the same command again continues a stopped comparison; other settings fail.
+    continuing = [continues_run(run_dir, config, name) for name, config, run_dir in zip(names, configs, run_dirs)]
+    for name, run_dir, resumes in zip(names, run_dirs, continuing):
+        if not resumes:
+            try:
+                check_new_run_dir(run_dir)
+            except ConfigError:
+                raise ConfigError(f"{out} already holds a run of {name}; pick another --out") from None
     results = []
-    for name, config, run_dir in zip(names, configs, run_dirs):
-        if not args.json:
-            print(f"training {name} ...", file=sys.stderr)
-        results.append(run_contender(name, config, run_dir))
-        build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
+    try:
+        for name, config, run_dir, resumes in zip(names, configs, run_dirs, continuing):
+            if not args.json:
+                print(f"{'continuing' if resumes else 'training'} {name} ...", file=sys.stderr)
+            results.append(run_contender(name, config, run_dir))
+            build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
+    except (KeyboardInterrupt, Exception) as exc:
+        if not stopped_by_ctrl_c(exc):
+            raise
+        print(
+            f"vitlab: interrupted; the same command with --out {out} continues: finished models are kept "
+            "and the stopped one resumes from its last finished epoch",
+            file=sys.stderr,
+        )
+        return 130
     paths = write_comparison(results, out, f"{' vs '.join(names)} on {label}{_with_recipe(recipe)}")
     if args.json:
         _print_json(

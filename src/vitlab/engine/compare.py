@@ -8,10 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitlab.config import RunConfig
+from vitlab.config import RunConfig, load_yaml
 from vitlab.data.tensors import to_model_input
 from vitlab.engine.runtime import autocast, evaluation_mode
-from vitlab.engine.train import EpochStats, Trainer, start_new_run
+from vitlab.engine.train import EpochStats, Trainer, start_new_run, trainer_for_resume
+from vitlab.errors import ConfigError
 from vitlab.models.flops import forward_flops
 
 
@@ -45,11 +46,23 @@ def inference_latency_ms(trainer: Trainer, repeats: int = 50) -> float:
     return 1000 * statistics.median(times)
 
 
+def continues_run(run_dir: Path, config: RunConfig, name: str) -> bool:
+    """Whether run_dir already holds this contender's run, begun with exactly this config (a compare that
+    was stopped and is started again); a run there with other settings is an error, never overwritten."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return False
+    if RunConfig.from_dict(load_yaml(saved)).to_dict() != config.to_dict():
+        raise ConfigError(f"{run_dir.parent} holds a run of {name} with other settings; pick another --out")
+    return True
+
+
 def run_contender(
     name: str, config: RunConfig, run_dir: Path, on_epoch: Callable[[EpochStats], None] | None = None
 ) -> ContenderResult:
-    """Train one contender in its own run directory and measure it."""
-    trainer = start_new_run(config, run_dir)
+    """Train one contender in its own run directory and measure it. A run already there with this config
+    continues from its last finished epoch; a finished one trains no further and is measured as it is."""
+    trainer = trainer_for_resume(run_dir) if continues_run(run_dir, config, name) else start_new_run(config, run_dir)
     result = trainer.run(on_epoch=on_epoch)
     history = result.history
     speeds = [h.images_per_second for h in history]
