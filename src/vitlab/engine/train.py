@@ -394,7 +394,7 @@ class Trainer:
                 elapsed=time.perf_counter() - started,
                 ema_test_accuracy=ema_scores.accuracy if ema_scores else None,
             )
-            self.finish_epoch(stats)
+            self.finish_epoch(stats, result.history)
             result.history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
@@ -449,12 +449,13 @@ class Trainer:
         logits = gather_rows(logits.to(self.device), count, self.world).cpu()
         return scores_from_logits(logits, self.test_set.labels)
 
-    def finish_epoch(self, stats: EpochStats) -> None:
-        """Record metrics, then write last (and best) checkpoints, then the resume state (main process only)."""
+    def finish_epoch(self, stats: EpochStats, earlier: list[EpochStats]) -> None:
+        """Record metrics (after the `earlier` epochs metrics.jsonl holds), then write last (and best)
+        checkpoints, then the resume state (main process only)."""
         if not self.world.is_main:
             self.best_accuracy = max(self.best_accuracy, stats.test_accuracy, stats.ema_test_accuracy or 0.0)
             return
-        write_metrics(self.run_dir, [*read_metrics(self.run_dir), stats])
+        write_metrics(self.run_dir, [*earlier, stats])
         metrics = {"test_accuracy": stats.test_accuracy, "test_loss": stats.test_loss}
         info = self.checkpoint_info(stats.epoch, metrics)
         save_checkpoint(self.checkpoint_dir / "last.safetensors", self.model, info)
