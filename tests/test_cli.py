@@ -363,7 +363,7 @@ def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
 
 
 def test_a_stopped_compare_says_how_to_continue(tmp_path, monkeypatch, capsys):
-    def stopped(name, config, run_dir, on_epoch=None):
+    def stopped(name, config, run_dir, on_epoch=None, resume=False):
         raise KeyboardInterrupt  # Ctrl-C while the first model trains
 
     monkeypatch.setattr(compare_engine, "run_contender", stopped)

@@ -494,7 +494,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for name, config, run_dir, resumes in zip(names, configs, run_dirs, continuing):
             if not args.json:
                 print(f"{'continuing' if resumes else 'training'} {name} ...", file=sys.stderr)
-            results.append(run_contender(name, config, run_dir))
+            results.append(run_contender(name, config, run_dir, resume=resumes))
             build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
     except (KeyboardInterrupt, Exception) as exc:
         if not stopped_by_ctrl_c(exc):

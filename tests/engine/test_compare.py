@@ -28,11 +28,11 @@ def test_a_stopped_contender_continues_and_a_finished_one_trains_no_further(tmp_
     first = epochs_recorded(run_dir)
     assert [line["epoch"] for line in first] == [1]
     assert continues_run(run_dir, tiny(), "mnist-tiny")
-    result = run_contender("mnist-tiny", tiny(), run_dir)
+    result = run_contender("mnist-tiny", tiny(), run_dir, resume=True)
     assert epochs_recorded(run_dir)[0] == first[0]  # epoch 1 kept, not trained again
     assert [line["epoch"] for line in epochs_recorded(run_dir)] == [1, 2]
     assert [accuracy for _, accuracy in result.curve] == [line["test_accuracy"] for line in epochs_recorded(run_dir)]
-    again = run_contender("mnist-tiny", tiny(), run_dir)  # finished: measured as it is
+    again = run_contender("mnist-tiny", tiny(), run_dir, resume=True)  # finished: measured as it is
     assert len(epochs_recorded(run_dir)) == 2 and again.test_accuracy == result.test_accuracy
     with pytest.raises(ConfigError, match="holds a run of mnist-tiny with other settings; pick another --out"):
         continues_run(run_dir, tiny(seed=2), "mnist-tiny")

@@ -58,11 +58,16 @@ def continues_run(run_dir: Path, config: RunConfig, name: str) -> bool:
 
 
 def run_contender(
-    name: str, config: RunConfig, run_dir: Path, on_epoch: Callable[[EpochStats], None] | None = None
+    name: str,
+    config: RunConfig,
+    run_dir: Path,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    resume: bool = False,
 ) -> ContenderResult:
-    """Train one contender in its own run directory and measure it. A run already there with this config
-    continues from its last finished epoch; a finished one trains no further and is measured as it is."""
-    trainer = trainer_for_resume(run_dir) if continues_run(run_dir, config, name) else start_new_run(config, run_dir)
+    """Train one contender in its own run directory and measure it. With `resume` (see continues_run) the
+    run already there continues from its last finished epoch; a finished one trains no further and is
+    measured as it is."""
+    trainer = trainer_for_resume(run_dir) if resume else start_new_run(config, run_dir)
     result = trainer.run(on_epoch=on_epoch)
     history = result.history
     speeds = [h.images_per_second for h in history]
