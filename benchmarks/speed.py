@@ -11,7 +11,11 @@ repeated (median and spread):
     dtype training runs in (bf16; fp32 on a CPU without bf16 units, where vitlab trains in fp32),
     with FLOPs counted analytically (vitlab.models.flops: 2 x multiply-accumulates of every
     matrix product; a training step is 3x the forward);
-  - peak resident memory of a training loop, measured in a fresh subprocess per contender.
+  - peak resident memory of a training loop, measured in a fresh subprocess per contender;
+  - vitlab's matrix products alone: every product a training step calls (recorded through the
+    dispatcher, same shapes, layouts and dtypes) replayed without the rest of the step, timed in
+    the same alternation: their share of the step, and the MFU a step would reach if nothing
+    else took time (a ceiling set by the matrix-product kernels at these shapes).
 
     python benchmarks/speed.py [--quick] [--configs mnist,w192,s16] [--device cuda]
 
@@ -42,6 +46,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from common import RESULTS, machine_line, today
 from vitlab.config import ModelConfig
@@ -218,6 +223,78 @@ def train_step_fn(
     return step
 
 
+MATRIX_PRODUCTS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default,
+    torch.ops.aten.mv.default,
+    torch.ops.aten.addmv.default,
+}
+
+
+class ProductRecorder(TorchDispatchMode):
+    """Notes every matrix product the code under it calls: the op, and each tensor argument's
+    shape, strides and dtype (other arguments as they are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATRIX_PRODUCTS:
+            layout = tuple(
+                TensorLayout(a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args
+            )
+            self.calls.append((func, layout, kwargs))
+        return func(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    shape: torch.Size
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    def tensor(self) -> torch.Tensor:
+        """Random values in this layout (a transposed view stays a transposed view)."""
+        extent = 1 + sum((size - 1) * step for size, step in zip(self.shape, self.stride))
+        return torch.randn(extent, device=DEVICE).to(self.dtype).as_strided(self.shape, self.stride)
+
+
+def product_flops(func, layout: tuple) -> int:
+    """2 x the multiply-accumulates of one recorded product (the added term of addmm and the like aside)."""
+    *_, left, right = (a.shape for a in layout if isinstance(a, TensorLayout))
+    return 2 * left.numel() * (right[-1] if len(right) > 1 else 1)
+
+
+def products_only_fn(step: Callable[[], None]) -> tuple[Callable[[], None], int]:
+    """A function that calls the matrix products of one training `step` and nothing else, and their FLOPs.
+
+    Arguments are random tensors in the recorded layouts, one per distinct layout (the replay holds
+    no activations, only what the largest products read)."""
+    recorder = ProductRecorder()
+    with recorder:
+        step()
+    tensors: dict[TensorLayout, torch.Tensor] = {}
+
+    def argument(a):
+        if not isinstance(a, TensorLayout):
+            return a
+        if a not in tensors:
+            tensors[a] = a.tensor()
+        return tensors[a]
+
+    calls = [(func, [argument(a) for a in layout], kwargs) for func, layout, kwargs in recorder.calls]
+
+    def products() -> None:
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
+
+    return products, sum(product_flops(func, layout) for func, layout, _ in recorder.calls)
+
+
 def synchronize() -> None:
     """Wait for queued GPU work, so wall-clock timers measure it (no-op on CPU)."""
     if DEVICE.type == "cuda":
@@ -243,14 +320,19 @@ def alternating_steps(fns: dict, steps: int) -> dict:
     return times
 
 
-def matmul_peak(dtype: torch.dtype, repeats: int = 10, size: int | None = None) -> float:
-    """GFLOP/s of a large square matrix product: the machine's practical limit."""
+def peak_product_fn(dtype: torch.dtype, size: int | None = None) -> tuple[Callable[[], None], int]:
+    """One large square matrix product (warmed up), and its FLOPs: the machine's practical limit."""
     size = size or (8192 if DEVICE.type == "cuda" else 2048)
     a, b = (torch.randn(size, size, dtype=dtype, device=DEVICE) for _ in range(2))
     for _ in range(2):
         a @ b
-    seconds = timed(lambda: a @ b, repeats)
-    return 2 * size**3 / seconds / 1e9
+    return lambda: a @ b, 2 * size**3
+
+
+def matmul_peak(dtype: torch.dtype, repeats: int = 10, size: int | None = None) -> float:
+    """GFLOP/s of a large square matrix product."""
+    product, flops = peak_product_fn(dtype, size)
+    return flops / timed(product, repeats) / 1e9
 
 
 def emulated_bf16_peak_size() -> int | None:
@@ -335,13 +417,33 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         exported = exported_onnx(models["vitlab"])
         infer["vitlab-onnx"] = {"batch256": [], "latency": []}
     cuda = DEVICE.type == "cuda"
+    # The peak product and vitlab's matrix products alone join the alternation, so that every step
+    # has a peak measured next to it (MFU) and every products replay a vitlab step (their share).
+    peak_product, peak_flops = peak_product_fn(peak_dtype())
+    products, product_flops_per_step = (
+        products_only_fn(fns["vitlab"]["model only"]) if "vitlab" in models else (None, 0)
+    )
+    products_share: list[float] = []
+    products_mfu: list[float] = []
     peaks: list[float] = []
     step_times: list[dict[str, list[float]]] = []  # per round: each contender's model-only steps
+    peak_rates: list[list[float]] = []  # per round: FLOP/s of each peak product
     for _ in range(rounds):  # interleave contenders in every round, and the machine's limit with them
-        peaks.append(matmul_peak(peak_dtype()))
         big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
         # Both kinds of step of every contender in one alternation: the data cost pairs its steps too.
-        times = alternating_steps({(c, kind): fn for c in models for kind, fn in fns[c].items()}, steps)
+        alternation = {(c, kind): fn for c in models for kind, fn in fns[c].items()}
+        alternation[("machine", "peak")] = peak_product
+        if products is not None:
+            alternation[("vitlab", "products")] = products
+        times = alternating_steps(alternation, steps)
+        peak_rates.append([peak_flops / seconds for seconds in times.pop(("machine", "peak"))])
+        peaks.append(statistics.median(peak_rates[-1]) / 1e9)
+        if products is not None:
+            product_seconds, vitlab_seconds = times.pop(("vitlab", "products")), times[("vitlab", "model only")]
+            products_share.append(statistics.median(p / s for p, s in zip(product_seconds, vitlab_seconds)))
+            products_mfu.append(
+                statistics.median(product_flops_per_step / p / r for p, r in zip(product_seconds, peak_rates[-1]))
+            )
         for (c, kind), seconds in times.items():
             train[c][kind].append(batch / statistics.median(seconds))
         step_times.append({c: times[(c, "model only")] for c in models})
@@ -358,8 +460,8 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             infer["vitlab-onnx"]["batch256"].append(throughput(exported.logits, big))
             infer["vitlab-onnx"]["latency"].extend(latencies(exported.logits, big[:1]))
     # The ratio pairs each step with the faster Hugging Face setting's step taken next to it, and MFU
-    # each round with the peak measured in it (this machine's speed drifts within minutes): medians
-    # within a round, then over rounds.
+    # each step with the peak product taken next to it (this machine's speed drifts within seconds):
+    # medians within a round, then over rounds.
     hf_rounds = [c for c in models if c.startswith("hf")]
     hf_best = [max(hf_rounds, key=lambda h: train[h]["model only"][r]) for r in range(rounds)] if hf_rounds else []
     for c in models:
@@ -370,11 +472,23 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             "train_with_data": Measure(train[c]["with data"]).summary(),
             **inference_summary(infer[c]),
             "ratio_vs_hf_best": Measure(ratios).summary() if hf_best else None,
-            "mfu": Measure([training_flops(config) * a / (p * 1e9) for a, p in zip(samples, peaks)]).summary(),
+            "mfu": Measure(
+                [
+                    statistics.median(training_flops(config) * batch / s / r for s, r in zip(t[c], rates))
+                    for t, rates in zip(step_times, peak_rates)
+                ]
+            ).summary(),
         }
     if exported is not None:
         result["exported"] = {"vitlab-onnx": inference_summary(infer["vitlab-onnx"])}
     result["peak_gflops"] = Measure(peaks).summary()
+    if products is not None:
+        result["matrix_products"] = {
+            "gflops_per_step": product_flops_per_step / 1e9,
+            "analytic_gflops_per_step": training_flops(config) * batch / 1e9,
+            "share_of_step": Measure(products_share).summary(),
+            "mfu_if_alone": Measure(products_mfu).summary(),
+        }
     return result
 
 
@@ -436,9 +550,9 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         f"- Machine: {machine}, {torch.get_num_threads()} threads",
         f"- Date: {today()}",
         f"- {precision}; matrix-product peak at the start: fp32 {peaks['fp32']:,.0f} GFLOP/s ({size}^3), bf16 {peaks['bf16']:,.0f} GFLOP/s ({bf16_size}^3)",
-        "- Contenders train in turn, one step each, model-only and with-data steps alike (order reversed every other step). The ratio pairs each step with the step of the faster Hugging Face setting taken next to it; MFU pairs each round with the "
+        "- Contenders train in turn, one step each, model-only and with-data steps alike (order reversed every other step). The ratio pairs each step with the step of the faster Hugging Face setting taken next to it; MFU pairs each step with a "
         + peak_name
-        + " peak measured again in it; medians within a round, then over rounds. Peaks in these rounds: "
+        + f" {size}^3 product taken in the same alternation (this machine's speed drifts within seconds); medians within a round, then over rounds. Peaks in these rounds: "
         + ", ".join(
             f"{res['config']} {res['peak_gflops']['median']:,.0f} ±{res['peak_gflops']['spread']:.0%}"
             for res in results
@@ -481,6 +595,28 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
                 f"| {res['config']} | {runner} | {rate(v['infer_throughput']['median'])} ±{v['infer_throughput']['spread']:.0%} "
                 f"({res['infer_batch']}) | {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} "
                 f"| {speedup:.2f}x, {lower:.2f}x faster |"
+            )
+    product_rows = [res for res in results if "matrix_products" in res]
+    if product_rows:
+        lines += [
+            "",
+            "vitlab's matrix products alone: every product its training step calls (recorded through the",
+            "dispatcher: the same shapes, layouts and dtypes; forward, and backward for inputs and weights),",
+            "replayed without the rest of the step and timed in the same alternation, each paired with the",
+            "vitlab step next to it. Their share is the part of a step the products take. 'MFU if alone' is",
+            f"their FLOP/s over that of the {peak_name} peak product taken next to them: the MFU a step would",
+            "reach if norms, activations, softmax, copies and the optimizer took no time, the ceiling that the",
+            "matrix-product kernels set at these shapes.",
+            "",
+            "| config | products' GFLOP per step (analytic) | share of vitlab's step | MFU if alone | vitlab's MFU |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for res in product_rows:
+            v, mfu = res["matrix_products"], res["contenders"]["vitlab"]["mfu"]
+            lines.append(
+                f"| {res['config']} | {v['gflops_per_step']:,.1f} ({v['analytic_gflops_per_step']:,.1f}) "
+                f"| {v['share_of_step']['median']:.0%} ±{v['share_of_step']['spread']:.0%} "
+                f"| {v['mfu_if_alone']['median']:.0%} ±{v['mfu_if_alone']['spread']:.0%} | {mfu['median']:.0%} |"
             )
     for res in results:
         for c, reason in res.get("left_out", {}).items():

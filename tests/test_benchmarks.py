@@ -46,3 +46,34 @@ def test_accumulation_quick_gives_every_micro_batch_count_the_same_gradient_and_
     norms = [float(norm) for _, _, norm in rows]
     assert norms[0] > 0 and max(norms) - min(norms) <= 1e-4 * norms[0]  # the same batch and weights: the same gradient
     assert (results.read_bytes() if results.exists() else None) == before
+
+
+def test_speed_products_replay_records_every_matrix_product_of_a_training_step():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import speed
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from vitlab.config import ModelConfig
+    from vitlab.models.flops import training_flops
+
+    speed.use_device("cpu")
+    config = ModelConfig(img_size=8, in_channels=1, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3)
+    batch = 4
+    model = speed.vitlab_model(config)
+    step = speed.train_step_fn(model, config, batch, False, None)
+    products, flops = speed.products_only_fn(step)
+    # Forward, and backward for inputs and weights: the analytic 3x the forward, less the patch
+    # embedding's input gradient (images need none), plus the folded norms' small vector products.
+    patch_input_gradient = 2 * batch * config.num_patches * config.patch_size**2 * config.embed_dim
+    expected = training_flops(config) * batch - patch_input_gradient
+    assert expected <= flops <= 1.05 * expected
+    recorder = speed.ProductRecorder()
+    with recorder:
+        products()
+    assert len(recorder.calls) > 6 * config.depth  # at least the forward and backward products of every block
+    assert {func for func, _, _ in recorder.calls} <= speed.MATRIX_PRODUCTS
+    # The replay calls exactly the recorded products, in the same layouts.
+    with speed.ProductRecorder() as again:
+        step()
+    assert [(f, layout) for f, layout, _ in again.calls] == [(f, layout) for f, layout, _ in recorder.calls]
