@@ -269,8 +269,29 @@ def product_flops(func, layout: tuple) -> int:
     return 2 * left.numel() * (right[-1] if len(right) > 1 else 1)
 
 
-def products_only_fn(step: Callable[[], None]) -> tuple[Callable[[], None], int]:
-    """A function that calls the matrix products of one training `step` and nothing else, and their FLOPs.
+def product_kind(func, layout: tuple) -> str:
+    """Which part of a training step a recorded product is: attention (the batched products), a
+    weight gradient (the only products that sum over more than they output: every token of the
+    batch), or the rest (forward, input gradients, the folded norms' vector products)."""
+    if func in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default):
+        return "attention"
+    *_, left, right = (a.shape for a in layout if isinstance(a, TensorLayout))
+    if len(right) == 2 and left[-1] > max(left[0], right[-1]):
+        return "weight gradients"
+    return "forward and input gradients"
+
+
+@dataclass
+class ProductReplay:
+    """The matrix products of one training step, to call without the rest of it: all of them, or one kind."""
+
+    run: Callable[[], None]
+    flops: int
+    kinds: dict[str, tuple[Callable[[], None], int]]  # kind: (its products alone, their FLOPs)
+
+
+def products_only_fn(step: Callable[[], None]) -> ProductReplay:
+    """The matrix products that one training `step` calls, replayed in order, without the rest of the step.
 
     Arguments are random tensors in the recorded layouts, one per distinct layout (the replay holds
     no activations, only what the largest products read)."""
@@ -286,13 +307,19 @@ def products_only_fn(step: Callable[[], None]) -> tuple[Callable[[], None], int]
             tensors[a] = a.tensor()
         return tensors[a]
 
-    calls = [(func, [argument(a) for a in layout], kwargs) for func, layout, kwargs in recorder.calls]
+    def replay(calls: list[tuple]) -> tuple[Callable[[], None], int]:
+        ready = [(func, [argument(a) for a in layout], kwargs) for func, layout, kwargs in calls]
 
-    def products() -> None:
-        for func, args, kwargs in calls:
-            func(*args, **kwargs)
+        def products() -> None:
+            for func, args, kwargs in ready:
+                func(*args, **kwargs)
 
-    return products, sum(product_flops(func, layout) for func, layout, _ in recorder.calls)
+        return products, sum(product_flops(func, layout) for func, layout, _ in calls)
+
+    kinds: dict[str, list[tuple]] = {}
+    for call in recorder.calls:
+        kinds.setdefault(product_kind(call[0], call[1]), []).append(call)
+    return ProductReplay(*replay(recorder.calls), {kind: replay(calls) for kind, calls in kinds.items()})
 
 
 def synchronize() -> None:
@@ -420,11 +447,12 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     # The peak product and vitlab's matrix products alone join the alternation, so that every step
     # has a peak measured next to it (MFU) and every products replay a vitlab step (their share).
     peak_product, peak_flops = peak_product_fn(peak_dtype())
-    products, product_flops_per_step = (
-        products_only_fn(fns["vitlab"]["model only"]) if "vitlab" in models else (None, 0)
-    )
+    replay = products_only_fn(fns["vitlab"]["model only"]) if "vitlab" in models else None
+    products = replay.run if replay else None
     products_share: list[float] = []
     products_mfu: list[float] = []
+    kind_seconds: dict[str, list[float]] = {kind: [] for kind in (replay.kinds if replay else {})}
+    kind_mfu: dict[str, list[float]] = {kind: [] for kind in kind_seconds}
     peaks: list[float] = []
     step_times: list[dict[str, list[float]]] = []  # per round: each contender's model-only steps
     peak_rates: list[list[float]] = []  # per round: FLOP/s of each peak product
@@ -442,8 +470,16 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             product_seconds, vitlab_seconds = times.pop(("vitlab", "products")), times[("vitlab", "model only")]
             products_share.append(statistics.median(p / s for p, s in zip(product_seconds, vitlab_seconds)))
             products_mfu.append(
-                statistics.median(product_flops_per_step / p / r for p, r in zip(product_seconds, peak_rates[-1]))
+                statistics.median(replay.flops / p / r for p, r in zip(product_seconds, peak_rates[-1]))
             )
+            # Each kind of product alone, after the alternation, each replay beside a peak product: which
+            # of them set the ceiling.
+            for kind, (fn, flops) in replay.kinds.items():
+                pairs = [(timed(fn, 1), timed(peak_product, 1)) for _ in range(steps)]
+                kind_seconds[kind].append(statistics.median(seconds for seconds, _ in pairs))
+                kind_mfu[kind].append(
+                    statistics.median(flops * peak / (seconds * peak_flops) for seconds, peak in pairs)
+                )
         for (c, kind), seconds in times.items():
             train[c][kind].append(batch / statistics.median(seconds))
         step_times.append({c: times[(c, "model only")] for c in models})
@@ -482,12 +518,22 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     if exported is not None:
         result["exported"] = {"vitlab-onnx": inference_summary(infer["vitlab-onnx"])}
     result["peak_gflops"] = Measure(peaks).summary()
-    if products is not None:
+    if replay is not None:
         result["matrix_products"] = {
-            "gflops_per_step": product_flops_per_step / 1e9,
+            "gflops_per_step": replay.flops / 1e9,
             "analytic_gflops_per_step": training_flops(config) * batch / 1e9,
             "share_of_step": Measure(products_share).summary(),
             "mfu_if_alone": Measure(products_mfu).summary(),
+            "kinds": {
+                kind: {
+                    "gflops_per_step": replay.kinds[kind][1] / 1e9,
+                    "share_of_products": Measure(
+                        [t / sum(kind_seconds[k][r] for k in kind_seconds) for r, t in enumerate(seconds)]
+                    ).summary(),
+                    "mfu_if_alone": Measure(kind_mfu[kind]).summary(),
+                }
+                for kind, seconds in kind_seconds.items()
+            },
         }
     return result
 
@@ -618,6 +664,23 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
                 f"| {v['share_of_step']['median']:.0%} ±{v['share_of_step']['spread']:.0%} "
                 f"| {v['mfu_if_alone']['median']:.0%} ±{v['mfu_if_alone']['spread']:.0%} | {mfu['median']:.0%} |"
             )
+        lines += [
+            "",
+            "Each kind of product replayed alone after each round's alternation: attention's batched",
+            "products; the weight gradients, the only products that sum over more than they output (every",
+            "token of the batch); and the rest (forward, input gradients). The share is of the kinds' summed",
+            f"time; 'MFU if alone' pairs each replay with a {peak_name} peak product timed right after it.",
+            "",
+            "| config | products | GFLOP per step | share of the products' time | MFU if alone |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for res in product_rows:
+            for kind, v in res["matrix_products"]["kinds"].items():
+                lines.append(
+                    f"| {res['config']} | {kind} | {v['gflops_per_step']:,.1f} "
+                    f"| {v['share_of_products']['median']:.0%} ±{v['share_of_products']['spread']:.0%} "
+                    f"| {v['mfu_if_alone']['median']:.0%} ±{v['mfu_if_alone']['spread']:.0%} |"
+                )
     for res in results:
         for c, reason in res.get("left_out", {}).items():
             lines.append(f"\n{res['config']}: {c} left out, it failed: `{reason}`")

@@ -54,6 +54,8 @@ def test_speed_products_replay_records_every_matrix_product_of_a_training_step()
         import speed
     finally:
         sys.path.remove(str(BENCHMARKS))
+    import torch
+
     from vitlab.config import ModelConfig
     from vitlab.models.flops import training_flops
 
@@ -62,7 +64,8 @@ def test_speed_products_replay_records_every_matrix_product_of_a_training_step()
     batch = 4
     model = speed.vitlab_model(config)
     step = speed.train_step_fn(model, config, batch, False, None)
-    products, flops = speed.products_only_fn(step)
+    replay = speed.products_only_fn(step)
+    products, flops = replay.run, replay.flops
     # Forward, and backward for inputs and weights: the analytic 3x the forward, less the patch
     # embedding's input gradient (images need none), plus the folded norms' small vector products.
     patch_input_gradient = 2 * batch * config.num_patches * config.patch_size**2 * config.embed_dim
@@ -73,6 +76,12 @@ def test_speed_products_replay_records_every_matrix_product_of_a_training_step()
         products()
     assert len(recorder.calls) > 6 * config.depth  # at least the forward and backward products of every block
     assert {func for func, _, _ in recorder.calls} <= speed.MATRIX_PRODUCTS
+    # Every product is of one kind, and each kind replays its own.
+    assert set(replay.kinds) == {"attention", "weight gradients", "forward and input gradients"}
+    assert sum(kind_flops for _, kind_flops in replay.kinds.values()) == flops
+    with speed.ProductRecorder() as attention_only:
+        replay.kinds["attention"][0]()
+    assert {func for func, _, _ in attention_only.calls} == {torch.ops.aten.bmm.default}
     # The replay calls exactly the recorded products, in the same layouts.
     with speed.ProductRecorder() as again:
         step()
