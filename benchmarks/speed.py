@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -233,24 +234,6 @@ MATRIX_PRODUCTS = {
 }
 
 
-class ProductRecorder(TorchDispatchMode):
-    """Notes every matrix product the code under it calls: the op, and each tensor argument's
-    shape, strides and dtype (other arguments as they are)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in MATRIX_PRODUCTS:
-            layout = tuple(
-                TensorLayout(a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args
-            )
-            self.calls.append((func, layout, kwargs))
-        return func(*args, **kwargs)
-
-
 @dataclass(frozen=True)
 class TensorLayout:
     shape: torch.Size
@@ -263,22 +246,54 @@ class TensorLayout:
         return torch.randn(extent, device=DEVICE).to(self.dtype).as_strided(self.shape, self.stride)
 
 
-def product_flops(func, layout: tuple) -> int:
-    """2 x the multiply-accumulates of one recorded product (the added term of addmm and the like aside)."""
-    *_, left, right = (a.shape for a in layout if isinstance(a, TensorLayout))
-    return 2 * left.numel() * (right[-1] if len(right) > 1 else 1)
+class RecordedProduct(NamedTuple):
+    """One matrix product a step called: the op, each tensor argument's layout (other arguments as
+    they are) and its keyword arguments."""
+
+    func: Callable
+    layout: tuple
+    kwargs: dict
+
+    def factors(self) -> tuple[torch.Size, torch.Size]:
+        """The shapes of the two matrices (or matrix and vector) multiplied: the last two tensor
+        arguments, after addmm's and the like's added term."""
+        *_, left, right = (a.shape for a in self.layout if isinstance(a, TensorLayout))
+        return left, right
+
+    @property
+    def flops(self) -> int:
+        """2 x its multiply-accumulates (the added term aside)."""
+        left, right = self.factors()
+        return 2 * left.numel() * (right[-1] if len(right) > 1 else 1)
+
+    @property
+    def kind(self) -> str:
+        """Which part of a training step it is: attention (the batched products), a weight gradient
+        (the only products that sum over more than they output: every token of the batch), or the
+        rest (forward, input gradients, the folded norms' vector products)."""
+        if self.func in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default):
+            return "attention"
+        left, right = self.factors()
+        if len(right) == 2 and left[-1] > max(left[0], right[-1]):
+            return "weight gradients"
+        return "forward and input gradients"
 
 
-def product_kind(func, layout: tuple) -> str:
-    """Which part of a training step a recorded product is: attention (the batched products), a
-    weight gradient (the only products that sum over more than they output: every token of the
-    batch), or the rest (forward, input gradients, the folded norms' vector products)."""
-    if func in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default):
-        return "attention"
-    *_, left, right = (a.shape for a in layout if isinstance(a, TensorLayout))
-    if len(right) == 2 and left[-1] > max(left[0], right[-1]):
-        return "weight gradients"
-    return "forward and input gradients"
+class ProductRecorder(TorchDispatchMode):
+    """Notes every matrix product the code under it calls (RecordedProduct)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[RecordedProduct] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATRIX_PRODUCTS:
+            layout = tuple(
+                TensorLayout(a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args
+            )
+            self.calls.append(RecordedProduct(func, layout, kwargs))
+        return func(*args, **kwargs)
 
 
 @dataclass
@@ -307,18 +322,18 @@ def products_only_fn(step: Callable[[], None]) -> ProductReplay:
             tensors[a] = a.tensor()
         return tensors[a]
 
-    def replay(calls: list[tuple]) -> tuple[Callable[[], None], int]:
-        ready = [(func, [argument(a) for a in layout], kwargs) for func, layout, kwargs in calls]
+    def replay(calls: list[RecordedProduct]) -> tuple[Callable[[], None], int]:
+        ready = [(call.func, [argument(a) for a in call.layout], call.kwargs) for call in calls]
 
         def products() -> None:
             for func, args, kwargs in ready:
                 func(*args, **kwargs)
 
-        return products, sum(product_flops(func, layout) for func, layout, _ in calls)
+        return products, sum(call.flops for call in calls)
 
-    kinds: dict[str, list[tuple]] = {}
+    kinds: dict[str, list[RecordedProduct]] = {}
     for call in recorder.calls:
-        kinds.setdefault(product_kind(call[0], call[1]), []).append(call)
+        kinds.setdefault(call.kind, []).append(call)
     return ProductReplay(*replay(recorder.calls), {kind: replay(calls) for kind, calls in kinds.items()})
 
 
@@ -448,12 +463,10 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     # has a peak measured next to it (MFU) and every products replay a vitlab step (their share).
     peak_product, peak_flops = peak_product_fn(peak_dtype())
     replay = products_only_fn(fns["vitlab"]["model only"]) if "vitlab" in models else None
-    products = replay.run if replay else None
     products_share: list[float] = []
     products_mfu: list[float] = []
     kind_seconds: dict[str, list[float]] = {kind: [] for kind in (replay.kinds if replay else {})}
     kind_mfu: dict[str, list[float]] = {kind: [] for kind in kind_seconds}
-    peaks: list[float] = []
     step_times: list[dict[str, list[float]]] = []  # per round: each contender's model-only steps
     peak_rates: list[list[float]] = []  # per round: FLOP/s of each peak product
     for _ in range(rounds):  # interleave contenders in every round, and the machine's limit with them
@@ -461,12 +474,11 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         # Both kinds of step of every contender in one alternation: the data cost pairs its steps too.
         alternation = {(c, kind): fn for c in models for kind, fn in fns[c].items()}
         alternation[("machine", "peak")] = peak_product
-        if products is not None:
-            alternation[("vitlab", "products")] = products
+        if replay is not None:
+            alternation[("vitlab", "products")] = replay.run
         times = alternating_steps(alternation, steps)
         peak_rates.append([peak_flops / seconds for seconds in times.pop(("machine", "peak"))])
-        peaks.append(statistics.median(peak_rates[-1]) / 1e9)
-        if products is not None:
+        if replay is not None:
             product_seconds, vitlab_seconds = times.pop(("vitlab", "products")), times[("vitlab", "model only")]
             products_share.append(statistics.median(p / s for p, s in zip(product_seconds, vitlab_seconds)))
             products_mfu.append(
@@ -517,8 +529,9 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         }
     if exported is not None:
         result["exported"] = {"vitlab-onnx": inference_summary(infer["vitlab-onnx"])}
-    result["peak_gflops"] = Measure(peaks).summary()
+    result["peak_gflops"] = Measure([statistics.median(rates) / 1e9 for rates in peak_rates]).summary()
     if replay is not None:
+        round_seconds = [sum(kinds) for kinds in zip(*kind_seconds.values())]  # all kinds' replays in each round
         result["matrix_products"] = {
             "gflops_per_step": replay.flops / 1e9,
             "analytic_gflops_per_step": training_flops(config) * batch / 1e9,
@@ -527,9 +540,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             "kinds": {
                 kind: {
                     "gflops_per_step": replay.kinds[kind][1] / 1e9,
-                    "share_of_products": Measure(
-                        [t / sum(kind_seconds[k][r] for k in kind_seconds) for r, t in enumerate(seconds)]
-                    ).summary(),
+                    "share_of_products": Measure([t / total for t, total in zip(seconds, round_seconds)]).summary(),
                     "mfu_if_alone": Measure(kind_mfu[kind]).summary(),
                 }
                 for kind, seconds in kind_seconds.items()

@@ -20,7 +20,7 @@ from vitlab import terminal
 from vitlab.cli import main as vitlab_main
 from vitlab.data.sources import load_split
 from vitlab.engine import compare as compare_engine
-from vitlab.engine.runtime import cpu_supports_bf16
+from vitlab.engine.runtime import autocast_dtype
 from vitlab.export import OnnxClassifier
 
 QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
@@ -438,7 +438,7 @@ def test_nproc_launches_two_processes_through_torchrun(tmp_path):
     run_dir = tmp_path / "ddp"
     result = vitlab("train", "--nproc", 2, "--epochs", 1, "--out", run_dir, "--quiet", "--no-report", *QUICK)
     headers = [line for line in result.stderr.splitlines() if line.startswith("training mnist-tiny")]
-    precision = "bf16" if cpu_supports_bf16() else "fp32"  # what train.precision=auto picks on this CPU
+    precision = "bf16" if autocast_dtype("auto", torch.device("cpu")) else "fp32"  # what auto picks on this CPU
     assert len(headers) == 1 and f"{precision}, 2 processes x 1 thread; run dir" in headers[0]  # rank 1 is silent
     assert result.stdout.count("test accuracy") == 1
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
