@@ -171,6 +171,26 @@ def test_a_budgeted_run_scores_the_epoch_its_budget_ends_in(tmp_path):
     assert result.final.accuracy == result.history[-1].test_accuracy
 
 
+def test_a_budget_that_ends_between_an_unscored_epoch_and_the_next_still_scores_the_run(tmp_path):
+    # The budget check after an epoch says "not yet", its evaluation is skipped, and the budget runs
+    # out before the next epoch's first step: that epoch trains a step and is scored, not lost.
+    budget = 3.0
+    trainer = new_trainer(tmp_path, quick_config(epochs=1, train_images=500, time_budget=budget, eval_every=1000))
+    original = trainer.is_last_epoch
+
+    def budget_ends_right_after_the_check(epoch, started):
+        last = original(epoch, started)
+        if not last:
+            time.sleep(max(budget - (time.perf_counter() - started), 0.0) + 0.01)
+        return last
+
+    trainer.is_last_epoch = budget_ends_right_after_the_check
+    result = trainer.run()
+    assert [s.epoch for s in result.history] == [2] and result.history[-1].elapsed >= budget
+    assert [s.epoch for s in read_metrics(tmp_path / "run")] == [2]
+    assert result.final.accuracy == result.history[-1].test_accuracy
+
+
 def test_compiled_training_follows_the_eager_run(tmp_path):
     # torch.compile (inductor) computes the same function as the eager model: one epoch from the
     # same seed ends at the same loss, and the checkpoint keeps the eager model's parameter names.

@@ -348,8 +348,11 @@ class Trainer:
                 raise_swallowed_interrupt()
                 step = epoch * self.steps_per_epoch + step_in_epoch
                 elapsed = time.perf_counter() - started
-                if budget and sum_across([float(elapsed >= budget)], self.world)[0] > 0:
-                    break  # the budget ends mid-epoch (for every rank at once): stop with the schedule decayed
+                # The budget ends mid-epoch (for every rank at once): stop with the schedule decayed. Never
+                # before an epoch's first step: the epoch before may have skipped its evaluation as not the
+                # last, and this one, scored, ends the run.
+                if budget and step_in_epoch and sum_across([float(elapsed >= budget)], self.world)[0] > 0:
+                    break
                 lr = self.learning_rate(step, elapsed)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
