@@ -123,7 +123,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 board.on_epoch(stats)
 
         with TrainingProgress(total_epochs, start, enabled=not quiet) as bar:
-            result = trainer.run(on_progress=bar.on_step if not quiet else None, on_epoch=on_epoch)
+            result = trainer.run(
+                on_progress=bar.on_step if not quiet else None,
+                on_epoch=on_epoch,
+                on_evaluation=bar.on_evaluation if not quiet else None,
+            )
         if board is not None:
             board.close()
     except (KeyboardInterrupt, Exception) as exc:

@@ -139,8 +139,11 @@ def test_time_budget_ends_the_run_on_time_with_the_schedule_decayed(tmp_path):
 
 
 def test_ema_weights_are_evaluated_and_saved_beside_the_raw_weights(tmp_path):
-    trainer = new_trainer(tmp_path, quick_config(epochs=1, ema_decay=0.99))
-    result = trainer.run()
+    trainer = new_trainer(tmp_path, quick_config(epochs=1, ema_decay=0.99, eval_batch_size=200))
+    passes = []
+    result = trainer.run(on_evaluation=lambda label, fraction: passes.append((label, fraction)))
+    # each pass over the 500 test images is followed batch by batch (the progress bar shows it)
+    assert passes == [(label, done / 500) for label in ("testing", "testing EMA") for done in (200, 400, 500)]
     stats = result.history[-1]
     assert stats.ema_test_accuracy is not None and 0.0 <= stats.ema_test_accuracy <= 1.0
     ema, metadata = load_checkpoint(tmp_path / "run" / "checkpoints" / "ema.safetensors")
@@ -154,13 +157,11 @@ def test_ema_weights_are_evaluated_and_saved_beside_the_raw_weights(tmp_path):
 
 def test_eval_every_skips_evaluations_but_always_scores_the_last_epoch(tmp_path):
     trainer = new_trainer(tmp_path, quick_config(epochs=3, eval_every=2))
-    evaluations = []
-    original = trainer.evaluate
-    trainer.evaluate = lambda model=None: evaluations.append(1) or original(model)
-    result = trainer.run()
+    finished_passes = []
+    result = trainer.run(on_evaluation=lambda label, fraction: fraction == 1.0 and finished_passes.append(label))
     assert [s.epoch for s in result.history] == [2, 3]  # epoch 1 skipped, the last one always scored
     assert result.epochs == 3  # what `vitlab train --json` reports, not the two scored
-    assert len(evaluations) == 2
+    assert finished_passes == ["testing", "testing"]
     resumed = trainer_for_resume(tmp_path / "run", epochs=4)  # the resume state moved on after epoch 3
     assert resumed.start_epoch == 3
 

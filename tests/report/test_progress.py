@@ -39,3 +39,14 @@ def test_on_a_pipe_only_the_epoch_lines_are_printed_not_the_bar(capsys):
 def test_a_disabled_progress_prints_nothing(capsys):
     TrainingProgress(total_epochs=2, enabled=False).on_epoch(epoch_stats(ema=None))
     assert capsys.readouterr().err == ""
+
+
+def test_the_pass_over_the_test_set_shows_how_far_it_has_gone_where_the_bar_stands_still():
+    progress = TrainingProgress(total_epochs=36)
+    progress.on_step(2, 0.08, {"loss": 0.5, "accuracy": 0.9, "images_per_second": 3000.0})
+    (task,) = progress.progress.tasks
+    assert task.fields["status"] == "loss 0.5000  acc 90.00%  3,000 img/s"
+    progress.on_evaluation("testing EMA", 0.4)
+    assert task.fields["status"] == "testing EMA 40%" and task.completed == 0.08 * TrainingProgress.UNITS
+    progress.on_step(3, 0.09, {"loss": 0.4, "accuracy": 0.91, "images_per_second": 3100.0})
+    assert task.fields["status"].startswith("loss 0.4000")

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,8 @@ class TrainResult:
 # A progress callback receives (epoch, fraction of the run done, running stats of the epoch).
 ProgressCallback = Callable[[int, float, dict[str, float]], None]
 EpochCallback = Callable[[EpochStats], None]
+# An evaluation callback receives (what is scored: "testing" or "testing EMA", fraction of the test set done).
+EvaluationCallback = Callable[[str, float], None]
 
 
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -324,9 +327,19 @@ class Trainer:
             return min(elapsed / train.time_budget, 1.0)
         return step / (train.epochs * self.steps_per_epoch)
 
-    def run(self, on_progress: ProgressCallback | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
-        """Train from start_epoch until the last epoch (or the time budget) ends, evaluating after each epoch."""
+    def run(
+        self,
+        on_progress: ProgressCallback | None = None,
+        on_epoch: EpochCallback | None = None,
+        on_evaluation: EvaluationCallback | None = None,
+    ) -> TrainResult:
+        """Train from start_epoch until the last epoch (or the time budget) ends, evaluating after each epoch
+        (`on_evaluation` follows each pass over the test set: on a large one it takes a while)."""
         cfg = self.config
+
+        def scored(model: nn.Module, label: str) -> EvalResult:
+            return self.evaluate(model, partial(on_evaluation, label) if on_evaluation else None)
+
         budget = cfg.train.time_budget
         result = TrainResult(run_dir=self.run_dir, history=read_metrics(self.run_dir))
         self.write_run_info()
@@ -383,8 +396,8 @@ class Trainer:
                     self.save_resume_state(epoch + 1, time.perf_counter() - started)
                 epoch += 1
                 continue
-            scores = self.evaluate()
-            ema_scores = self.evaluate(self.ema_model) if self.ema_model is not None else None
+            scores = scored(self.model, "testing")
+            ema_scores = scored(self.ema_model, "testing EMA") if self.ema_model is not None else None
             stats = EpochStats(
                 epoch=epoch + 1,
                 train_loss=loss_sum / seen,
@@ -404,7 +417,7 @@ class Trainer:
             epoch += 1
             if last:
                 break
-        result.final = scores or self.evaluate()
+        result.final = scores or scored(self.model, "testing")
         result.best_accuracy = max(self.best_accuracy, 0.0)
         result.seconds = time.perf_counter() - started
         return result
@@ -432,14 +445,24 @@ class Trainer:
         }
         atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
 
-    def evaluate(self, model: nn.Module | None = None) -> EvalResult:
-        """Score the current weights (or another model's, e.g. the EMA) on the test split.
+    def evaluate(
+        self, model: nn.Module | None = None, on_progress: Callable[[float], None] | None = None
+    ) -> EvalResult:
+        """Score the current weights (or another model's, e.g. the EMA) on the test split; `on_progress`
+        is told the fraction done after each batch.
 
         With several processes each scores its own part of the test set and the logits are
         gathered, so every rank reports the same full-set scores in a fraction of the time.
         """
         count = len(self.test_set)
         rows = shard_range(count, self.world)
+        done = 0
+
+        def on_batch(images: int) -> None:
+            nonlocal done
+            done += images
+            on_progress(done / max(rows.stop - rows.start, 1))  # this rank's part: the ranks go in step
+
         logits = predict_logits(
             model or self.model,
             self.test_set.images[rows],
@@ -448,6 +471,7 @@ class Trainer:
             batch_size=self.config.train.eval_batch_size,
             device=self.device,
             dtype=self.dtype,
+            on_batch=on_batch if on_progress is not None else None,
         )
         logits = gather_rows(logits.to(self.device), count, self.world).cpu()
         return scores_from_logits(logits, self.test_set.labels)

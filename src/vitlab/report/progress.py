@@ -24,9 +24,7 @@ class TrainingProgress:
             TextColumn("[bold]epoch {task.fields[epoch]}{task.fields[epochs]}"),
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn(
-                "loss {task.fields[loss]:.4f}  acc {task.fields[accuracy]:.2%}  {task.fields[speed]:,.0f} img/s"
-            ),
+            TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -39,9 +37,7 @@ class TrainingProgress:
             completed=start_fraction * self.UNITS,
             epoch="",
             epochs=self.epochs_label,
-            loss=float("nan"),
-            accuracy=0.0,
-            speed=0.0,
+            status="",
         )
 
     def __enter__(self) -> TrainingProgress:
@@ -57,10 +53,13 @@ class TrainingProgress:
             self.task,
             completed=fraction * self.UNITS,
             epoch=epoch + 1,
-            loss=stats["loss"],
-            accuracy=stats["accuracy"],
-            speed=stats["images_per_second"],
+            status=f"loss {stats['loss']:.4f}  acc {stats['accuracy']:.2%}  {stats['images_per_second']:,.0f} img/s",
         )
+
+    def on_evaluation(self, label: str, fraction: float) -> None:
+        """Show how far the end-of-epoch pass over the test set has gone: the bar itself stands still
+        meanwhile, for minutes on a large test set and a large model."""
+        self.progress.update(self.task, status=f"{label} {fraction:.0%}")
 
     def on_epoch(self, stats: EpochStats) -> None:
         """Print a one-line summary of a finished epoch above the bar."""
