@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from vitlab.config import ModelConfig
@@ -24,3 +25,10 @@ def unreadable_image_folder(root: Path, per_class: int = 5) -> Path:
         for index in range(per_class):
             (root / name / f"{index}.png").write_text("not a picture")
     return root
+
+
+def ordinary_file_mode() -> int:
+    """The permissions a new file gets from open() under this process's umask (mkstemp's are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -1,4 +1,5 @@
 import dataclasses
+import stat
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 from PIL import Image
 
 import vitlab
-from tests.helpers import tiny_config
+from tests.helpers import ordinary_file_mode, tiny_config
 from vitlab.data.tensors import to_model_input
 from vitlab.engine.checkpoint import save_checkpoint
 from vitlab.errors import ConfigError, ImageError
@@ -51,6 +52,9 @@ def test_torchscript_export_runs_any_batch(tmp_path, checkpoint):
     _, model = checkpoint
     result = export_torchscript(model, tmp_path / "model.pt")
     assert result.max_abs_diff <= 1e-5
+    # written through a temporary file, yet with the permissions of any file the user creates
+    assert stat.S_IMODE((tmp_path / "model.pt").stat().st_mode) == ordinary_file_mode()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
     loaded = torch.jit.load(str(tmp_path / "model.pt"))
     assert loaded(torch.randn(7, 1, 28, 28)).shape == (7, 10)
 

@@ -1,25 +1,25 @@
 """Atomic file writes: a reader finds the old file or the new one, never a torn one.
 
-Every file a later command reads back (checkpoints, the run's config, its metrics and facts) is
-written here: to a temporary file in the same folder, flushed to disk, then renamed over the
-target, with Ctrl-C held until the rename is done.
+Every file a later command reads back (checkpoints, the run's config, its metrics and facts, exported
+models, downloads) is written here: to a temporary file in the same folder, flushed to disk, then
+renamed over the target; a write that fails or is interrupted leaves no temporary file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from vitlab.interrupts import interrupts_deferred
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with interrupts_deferred():
-        _write_then_rename(path, payload)
+    """Write `payload` to `path` through `atomic_path`, with Ctrl-C held until the rename is done."""
+    with interrupts_deferred(), atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(payload)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -27,17 +27,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _write_then_rename(path: Path, payload: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside `path`, for writers that want a file name (an exporter, a download):
+    flushed to disk and renamed onto `path` if the block succeeds, removed if it does not."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    tmp = Path(tmp_name)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; these are ordinary files
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+        with interrupts_deferred():
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

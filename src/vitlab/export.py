@@ -12,8 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitlab.atomic import atomic_path
 from vitlab.errors import CheckpointError, VitlabError
 
 ONNX_TOLERANCE = 1e-4
@@ -62,20 +61,6 @@ def _quiet_exporters():
         logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def _temporary_beside(path: Path):
-    """A temporary path in the target folder, renamed onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        Path(tmp + ".data").unlink(missing_ok=True)
-
-
 def _example(model: nn.Module, batch: int) -> torch.Tensor:
     config = model.config
     generator = torch.Generator().manual_seed(0)
@@ -90,7 +75,7 @@ def export_onnx(model: nn.Module, metadata: dict[str, Any], path: Path, fixed_ba
     model = model.float().eval()
     model.set_attention_kernel("manual")  # the explicit path exports to plain ONNX operators
     example = _example(model, fixed_batch or 2)
-    with _temporary_beside(path) as tmp:
+    with atomic_path(path) as tmp:
         options: dict[str, Any] = {"input_names": ["images"], "output_names": ["logits"], "dynamo": True}
         if fixed_batch is None:
             options["dynamic_shapes"] = {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
@@ -120,7 +105,7 @@ def export_torchscript(model: nn.Module, path: Path) -> ExportResult:
     """Trace the model to TorchScript and check the traced module, at another batch size, against eager PyTorch."""
     model = model.float().eval()
     model.set_attention_kernel("manual")
-    with _temporary_beside(path) as tmp, torch.no_grad():
+    with atomic_path(path) as tmp, torch.no_grad():
         with _quiet_exporters():
             traced = torch.jit.trace(model, _example(model, 2))
         traced.save(str(tmp))

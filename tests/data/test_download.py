@@ -3,6 +3,7 @@
 import hashlib
 import io
 import pickle
+import stat
 import tarfile
 import threading
 from functools import partial
@@ -11,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, ordinary_file_mode
 from vitlab.data import sources
 from vitlab.data.cifar import LAYOUT, read_cifar_archive
 from vitlab.data.download import RemoteFile, download
@@ -91,6 +92,7 @@ def test_dropped_connection_falls_back_to_the_next_mirror(server, tmp_path, monk
     monkeypatch.delenv("VITLAB_DATA_MIRROR")
     path = download(remote, tmp_path, show_progress=False)
     assert path.read_bytes() == payload
+    assert stat.S_IMODE(path.stat().st_mode) == ordinary_file_mode()  # not the temporary file's 0600
     only_drop = RemoteFile(remote.name, (f"{url}/drop/",), sha256=remote.sha256)
     path.unlink()
     with pytest.raises(DataError, match="put the official file in"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+from vitlab.atomic import atomic_path
 from vitlab.errors import DataError
 from vitlab.terminal import draws_live, progress_console
 
@@ -91,20 +91,14 @@ def download(remote: RemoteFile, folder: Path, show_progress: bool = True) -> Pa
     )
     with progress or _NoProgress():
         for url in mirror_urls(remote):
-            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{remote.name}.", suffix=".part")
-            os.close(fd)
-            tmp = Path(tmp_name)
             try:
-                _fetch(url, tmp, progress)
-                if not matches_checksum(tmp, remote):
-                    failures.append(f"{url}: checksum mismatch")
-                    continue
-                os.replace(tmp, target)
+                with atomic_path(target, suffix=".part") as partial:
+                    _fetch(url, partial, progress)
+                    if not matches_checksum(partial, remote):
+                        raise ValueError("checksum mismatch")
                 return target
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 failures.append(f"{url}: {getattr(exc, 'reason', exc)}")
-            finally:
-                tmp.unlink(missing_ok=True)
     raise DataError(
         f"could not download {remote.name} ({'; '.join(failures)}); "
         f"put the official file in {folder} by hand, or set VITLAB_DATA_MIRROR to a server that has it"
