@@ -135,6 +135,29 @@ def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
     _assert_clean_error(vitlab("predict", run_dir, tmp_path / "empty", check=False), "no PNG, JPEG, BMP or WebP file")
 
 
+def test_predict_classifies_every_readable_file_and_ends_in_error_for_the_others(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    digit = load_split("mnist", "test").images[0, 0].numpy()
+    for name in ("a.png", "c.png"):
+        Image.fromarray(digit).save(tmp_path / name)
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])  # cut short
+    (tmp_path / "d.png").write_bytes(b"")
+    human = vitlab("predict", run_dir, tmp_path, check=False)
+    assert human.returncode == 2 and "Traceback" not in human.stderr
+    assert [line.split(":")[0] for line in human.stdout.splitlines()] == [str(tmp_path / n) for n in ("a.png", "c.png")]
+    assert human.stderr.splitlines() == [
+        f"vitlab: error: {tmp_path / 'b.png'} is damaged or truncated (image file is truncated)",
+        f"vitlab: error: {tmp_path / 'd.png'} is empty",
+        "vitlab: error: 2 of 4 files could not be read and were left out",
+    ]
+    as_json = vitlab("predict", run_dir, tmp_path, "--json", check=False)
+    assert as_json.returncode == 2
+    out = json.loads(as_json.stdout)
+    assert [item["image"] for item in out["predictions"]] == [str(tmp_path / n) for n in ("a.png", "c.png")]
+    assert [item["image"] for item in out["unreadable"]] == [str(tmp_path / n) for n in ("b.png", "d.png")]
+    assert out["unreadable"][1]["error"].endswith("d.png is empty")
+
+
 def test_info_for_a_preset_and_a_checkpoint(trained_run):
     run_dir, _ = trained_run
     preset = json.loads(vitlab("info", "--model", "mnist-tiny", "--json").stdout)

@@ -137,7 +137,7 @@ def test_a_vit_runs_at_another_image_size_with_a_resampled_position_table(tmp_pa
     torch.testing.assert_close(big._model.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
 
 
-def test_many_files_are_read_in_order_and_one_unreadable_file_stops_them_all(tmp_path, checkpoint):
+def test_many_files_are_read_in_order_and_an_unreadable_one_stops_them_all_or_is_left_out(tmp_path, checkpoint):
     path, _ = checkpoint
     classifier = vitlab.load(path)
     rng = np.random.default_rng(1)
@@ -152,3 +152,7 @@ def test_many_files_are_read_in_order_and_one_unreadable_file_stops_them_all(tmp
     files[150].write_text("not a picture")
     with pytest.raises(ImageError, match="150.png is not an image"):
         classifier.read_files(files)
+    read, readable, unreadable = classifier.read_readable_files(files)
+    assert read == files[:150] + files[151:] and len(readable) == 299
+    assert torch.equal(readable[150], images[151])  # the files after the bad one keep their images
+    assert [(path, "150.png is not an image" in reason) for path, reason in unreadable] == [(files[150], True)]

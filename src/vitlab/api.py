@@ -8,7 +8,7 @@ classifier.predict(batch)   # an (N, H, W[, C]) array or an (N, C, H, W) tensor:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,15 +90,34 @@ class Classifier:
     def read_files(self, paths: Sequence[str | Path]) -> list[torch.Tensor]:
         """Image files as uint8 (channels, size, size), every one read before any is returned (the first that
         cannot be read raises ImageError); many are decoded in worker processes, under a progress bar."""
+        images = []
+        for _, item in self._decoded(paths):
+            if isinstance(item, str):
+                raise ImageError(item)
+            images.append(item)
+        return images
+
+    def read_readable_files(
+        self, paths: Sequence[str | Path]
+    ) -> tuple[list[str | Path], list[torch.Tensor], list[tuple[str | Path, str]]]:
+        """As read_files, but a file that cannot be read is left out: (the paths read, their images, and
+        (path, one-line reason) for each file left out)."""
+        read, images, unreadable = [], [], []
+        for path, item in self._decoded(paths):
+            if isinstance(item, str):
+                unreadable.append((path, item))
+            else:
+                read.append(path)
+                images.append(item)
+        return read, images, unreadable
+
+    def _decoded(self, paths: Sequence[str | Path]) -> Iterator[tuple[str | Path, torch.Tensor | str]]:
         from vitlab.cores import available_cores
         from vitlab.data.folders import decoded_images
 
-        images = []
-        for item in decoded_images([str(p) for p in paths], self.channels, self.img_size, available_cores()):
-            if isinstance(item, str):
-                raise ImageError(item)
-            images.append(torch.from_numpy(item))
-        return images
+        decoded = decoded_images([str(p) for p in paths], self.channels, self.img_size, available_cores())
+        for path, item in zip(paths, decoded):
+            yield path, item if isinstance(item, str) else torch.from_numpy(item)
 
     def to_uint8(self, image: ImageLike) -> torch.Tensor:
         """One image of any supported kind -> uint8 (channels, size, size)."""

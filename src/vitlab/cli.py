@@ -304,8 +304,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.api import load
 
     classifier = load(args.checkpoint, img_size=args.img_size)
-    paths = image_paths(args.images)
-    items = classifier.read_files(paths)  # every file is checked before any is classified
+    named = image_paths(args.images)
+    # Every file is read before any is classified; one that cannot be read is reported and left out,
+    # and the command ends in error after classifying the others (as `file` or `cp` go on past a bad one).
+    paths, items, unreadable = classifier.read_readable_files(named)
+    for _, reason in unreadable:
+        print(f"vitlab: error: {reason}", file=sys.stderr)
+    if not items:
+        return 2
     if args.invert:
         items = [255 - item for item in items]
     predictions = classifier.predict(items, top_k=args.top_k)
@@ -320,11 +326,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for path, p in zip(paths, predictions)
     ]
     if args.json:
-        _print_json({"checkpoint": str(args.checkpoint), "predictions": results})
-        return 0
-    for item in results:
-        ranked = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in item["top_k"])
-        print(f"{item['image']}: {ranked}")
+        _print_json(
+            {
+                "checkpoint": str(args.checkpoint),
+                "predictions": results,
+                "unreadable": [{"image": str(path), "error": reason} for path, reason in unreadable],
+            }
+        )
+    else:
+        for item in results:
+            ranked = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in item["top_k"])
+            print(f"{item['image']}: {ranked}")
+    if unreadable:
+        print(
+            f"vitlab: error: {len(unreadable)} of {len(named)} files could not be read and were left out",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
