@@ -33,7 +33,10 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     flushed to disk and renamed onto `path` if the block succeeds, removed if it does not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as exc:  # name the file asked for, not the temporary one nobody knows of
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     tmp = Path(tmp_name)
     try:
         umask = os.umask(0)

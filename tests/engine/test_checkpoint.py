@@ -70,3 +70,13 @@ def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_pat
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     load_checkpoint(path)
+
+
+def test_a_folder_that_refuses_new_files_is_named_in_the_error_not_the_temporary_file(tmp_path, monkeypatch):
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied", str(kwargs["dir"] / ".last.safetensors.x1y2.tmp"))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as refused:
+        save_checkpoint(tmp_path / "last.safetensors", ViT(tiny_config()), INFO)
+    assert refused.value.filename == str(tmp_path / "last.safetensors")
