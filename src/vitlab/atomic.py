@@ -37,12 +37,12 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     except OSError as exc:  # name the file asked for, not the temporary one nobody knows of
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; these are ordinary files
-        os.close(fd)
+        tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; these are ordinary files
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
