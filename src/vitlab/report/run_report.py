@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from vitlab.config import RunConfig, load_yaml
 from vitlab.data.datasets import open_dataset
+from vitlab.data.sources import ImageDataset
 from vitlab.data.tensors import num_batches, to_model_input
 from vitlab.engine.checkpoint import load_checkpoint
 from vitlab.engine.evaluate import predict_logits, scores_from_logits
+from vitlab.engine.runtime import autocast_dtype
 from vitlab.engine.schedule import warmup_cosine
 from vitlab.engine.train import read_metrics
 from vitlab.errors import ConfigError
@@ -89,6 +92,25 @@ def run_facts(run_dir: Path) -> dict:
     return facts
 
 
+def scored_last_checkpoint(run_dir: Path, config: RunConfig) -> tuple[nn.Module, dict, ImageDataset, torch.Tensor]:
+    """The run's last checkpoint, its metadata, the test split and the checkpoint's logits on it.
+
+    Scored as the run scored each epoch, in its precision and evaluation batch, so that the report agrees
+    with metrics.jsonl and `vitlab eval` (fp32 would round the same weights' logits differently).
+    """
+    model, metadata = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    test = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed, ("test",)).test
+    logits = predict_logits(
+        model,
+        test.images,
+        mean=metadata["mean"],
+        std=metadata["std"],
+        batch_size=config.train.eval_batch_size,
+        dtype=autocast_dtype(config.train.precision, torch.device("cpu")),
+    )
+    return model, metadata, test, logits
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write run_dir/report.md and run_dir/report/*.png from the run's config, metrics and last checkpoint."""
     run_dir = Path(run_dir)
@@ -98,10 +120,8 @@ def build_report(run_dir: str | Path) -> Path:
     history = [vars(stats) for stats in read_metrics(run_dir)]
     if not history:
         raise ConfigError(f"{run_dir} has no finished epoch to report on")
-    model, metadata = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    model, metadata, test, logits = scored_last_checkpoint(run_dir, config)
     names = list(metadata["class_names"])
-    test = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed, ("test",)).test
-    logits = predict_logits(model, test.images, mean=metadata["mean"], std=metadata["std"])
     scores = scores_from_logits(logits, test.labels)
     predicted = logits.argmax(dim=1)
     folder = run_dir / "report"
