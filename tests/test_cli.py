@@ -26,9 +26,13 @@ from vitlab.export import OnnxClassifier
 QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
 
 
-def vitlab(*args, check=True):
+def vitlab(*args, check=True, env=None):
     result = subprocess.run(
-        [sys.executable, "-m", "vitlab", *map(str, args)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "vitlab", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=None if env is None else {**os.environ, **env},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"vitlab {' '.join(map(str, args))} failed:\n{result.stderr}")
@@ -458,14 +462,29 @@ def test_finetune_command_from_a_trained_run(trained_run, tmp_path):
 
 
 def test_nproc_launches_two_processes_through_torchrun(tmp_path):
-    run_dir = tmp_path / "ddp"
-    result = vitlab("train", "--nproc", 2, "--epochs", 1, "--out", run_dir, "--quiet", "--no-report", *QUICK)
+    run_dir, temp = tmp_path / "ddp", tmp_path / "temp"
+    temp.mkdir()
+    result = vitlab(
+        "train",
+        "--nproc",
+        2,
+        "--epochs",
+        1,
+        "--out",
+        run_dir,
+        "--quiet",
+        "--no-report",
+        *QUICK,
+        env={"TMPDIR": str(temp)},
+    )
     headers = [line for line in result.stderr.splitlines() if line.startswith("training mnist-tiny")]
     precision = "bf16" if autocast_dtype("auto", torch.device("cpu")) else "fp32"  # what auto picks on this CPU
     assert len(headers) == 1 and f"{precision}, 2 processes x 1 thread; run dir" in headers[0]  # rank 1 is silent
     assert result.stdout.count("test accuracy") == 1
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
     assert "OMP_NUM_THREADS" not in result.stderr  # torchrun's banner about threads, set by us instead
+    # Nothing left in the temporary folder; torchrun's own logs used to stay behind, a tree per run.
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []
 
 
 def test_nproc_checks_its_arguments_before_starting_processes(trained_run, tmp_path):

@@ -77,12 +77,14 @@ def run_processes(argv: list[str], nproc: int, run_dir: Path) -> int:
     # the workers: its agent then stops them with SIGTERM, which ends a worker at once wherever it is
     # (Python sets no handler for it), even half-started or blocked in a collective call. (torchrun
     # sets TORCHELASTIC_SIGNALS_TO_HANDLE from this option, so the variable alone is overwritten.)
-    launch = get_args_parser().parse_args(
-        ["--standalone", f"--nproc_per_node={nproc}", "--signals_to_handle=SIGTERM,SIGHUP,SIGQUIT"]
-        + ["-m", "vitlab", *argv]
-    )
     raise_swallowed_interrupt()  # one an import above swallowed: processes started now would never get it
     with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
+        # torchrun's log directory (per-worker error files) goes in here too: left to itself, torchrun
+        # makes a /tmp/torchelastic_* tree for every run and never removes it.
+        launch = get_args_parser().parse_args(
+            ["--standalone", f"--nproc_per_node={nproc}", "--signals_to_handle=SIGTERM,SIGHUP,SIGQUIT"]
+            + [f"--log-dir={Path(errors) / 'torchrun'}", "-m", "vitlab", *argv]
+        )
         os.environ[WORKER_ERRORS_VARIABLE] = errors
         os.environ[LAUNCHER_PID_VARIABLE] = str(os.getpid())  # torchrun's agent, in this process, starts them
         try:
