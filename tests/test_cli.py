@@ -106,6 +106,22 @@ def test_eval_reads_the_data_set_from_where_the_run_trained_on_it(tmp_path):
     assert "trained on classes T-shirt/top, Trouser, Pullover, ... and mnist has 0, 1, 2, ..." in other.stderr
 
 
+def test_eval_scores_in_the_precision_the_run_trained_in(tmp_path):
+    # `vitlab eval` used bf16 wherever the CPU has it, so a run trained in fp32 got scores other than its own.
+    run_dir = tmp_path / "fp32"
+    vitlab("train", "--epochs", 1, "--out", run_dir, "--quiet", "--no-report", "train.precision=fp32", *QUICK)
+    default = json.loads(vitlab("eval", run_dir, "--json").stdout)
+    assert default["precision"] == "fp32"
+    assert json.loads(vitlab("eval", run_dir, "--json", "--precision", "fp32").stdout) == default
+    assert vitlab("eval", run_dir).stdout.splitlines()[0].endswith("(10000 images, fp32)")
+    if autocast_dtype("auto", torch.device("cpu")) is not None:
+        bf16 = json.loads(vitlab("eval", run_dir, "--json", "--precision", "bf16").stdout)
+        assert bf16["precision"] == "bf16" and bf16["loss"] != default["loss"]
+    else:
+        refused = vitlab("eval", run_dir, "--precision", "bf16", check=False)
+        _assert_clean_error(refused, "--precision=bf16 but this cpu has no bf16 support")
+
+
 def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
     run_dir, _ = trained_run
     digit = load_split("mnist", "test").images[0, 0].numpy()
@@ -421,6 +437,8 @@ def test_export_onnx_then_predict_with_it(trained_run, tmp_path):
     assert scored_onnx["num_examples"] == scored_torch["num_examples"] == 10000
     assert abs(scored_onnx["accuracy"] - scored_torch["accuracy"]) <= 2e-4  # a near-tie may flip, no more
     assert abs(scored_onnx["loss"] - scored_torch["loss"]) < 1e-4
+    assert scored_onnx["precision"] == "fp32"
+    _assert_clean_error(vitlab("eval", tmp_path / "m.onnx", "--precision", "bf16", check=False), "drop --precision")
     for command in (["info"], ["finetune", "--dataset", "mnist"]):
         refused = vitlab(command[0], tmp_path / "m.onnx", *command[1:], check=False)
         _assert_clean_error(refused, "is an exported ONNX file")

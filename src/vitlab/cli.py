@@ -233,6 +233,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if args.device not in ("auto", "cpu"):
             raise ConfigError("an ONNX file runs on the CPU through onnxruntime; drop --device")
+        if args.precision not in (None, "fp32"):
+            raise ConfigError("an ONNX file runs in fp32 through onnxruntime; drop --precision")
         exported = OnnxClassifier(args.checkpoint)
         metadata = exported.metadata
         channels, img_size, num_classes = exported.channels, exported.img_size, exported.num_classes
@@ -241,6 +243,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         model, metadata = load_checkpoint(args.checkpoint)
         device = resolve_device(args.device, "--device")  # a device that is not there fails before data is read
+        # By default as the run scored its epochs: a run trained in fp32 is scored in fp32 even where bf16 is.
+        precision = args.precision or ("fp32" if metadata.get("precision") == "fp32" else "auto")
+        dtype = autocast_dtype(precision, device, "--precision")
         channels, img_size, num_classes = model.config.in_channels, model.config.img_size, model.config.num_classes
     name = args.dataset or metadata.get("dataset", "mnist")
     data = open_dataset(
@@ -274,18 +279,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             configure_cpu()
             model.to(device)
-            dtype = autocast_dtype("auto", device)
             scores = evaluate(
                 model, data.test.images, data.test.labels, **normalisation, device=device, dtype=dtype, on_batch=advance
             )
-    payload = {"checkpoint": str(args.checkpoint), "dataset": name, **scores.to_dict(data.class_names)}
+    payload = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": name,
+        "precision": "fp32" if exported is not None or dtype is None else "bf16",
+        **scores.to_dict(data.class_names),
+    }
     if args.json:
         _print_json(payload)
         return 0
     print(
         f"{name} test: accuracy {scores.accuracy:.2%}  "
         + (f"top-5 {scores.top5_accuracy:.2%}  " if scores.top5_accuracy is not None else "")
-        + f"loss {scores.loss:.4f}  ({scores.num_examples} images)"
+        + f"loss {scores.loss:.4f}  ({scores.num_examples} images, {payload['precision']})"
     )
     for class_name, accuracy in payload["per_class_accuracy"].items():
         print(f"  {class_name:>12}  {accuracy:.2%}")
@@ -597,6 +606,8 @@ RECIPE_HELP = "a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from vitlab.config import PRECISION_CHOICES
+
     parser = _Parser(prog="vitlab", description="Train, evaluate and inspect Vision Transformers.")
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -636,6 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", help="folder holding the data set's files (default: the one the run trained from, if still there)"
     )
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="fp32, or bf16 autocast (default: as the run scored its epochs; bf16 where the device has it)",
+    )
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=cmd_eval)
 

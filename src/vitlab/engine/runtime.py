@@ -36,13 +36,14 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting on a device, or None for plain fp32."""
+def autocast_dtype(precision: str, device: torch.device, option: str = "train.precision") -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device, or None for plain fp32; `option` names the
+    setting in the error for bf16 where there is none."""
     if precision == "fp32":
         return None
     supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
     if precision == "bf16" and not supported:
-        raise ConfigError(f"train.precision=bf16 but this {device.type} has no bf16 support; use auto or fp32")
+        raise ConfigError(f"{option}=bf16 but this {device.type} has no bf16 support; use auto or fp32")
     return torch.bfloat16 if supported else None
 
 

@@ -204,6 +204,7 @@ class Trainer:
             "class_names": list(self.class_names),
             "mean": list(self.mean),
             "std": list(self.std),
+            "precision": "bf16" if self.dtype else "fp32",  # how the epoch scores were computed: `vitlab eval` follows
             "preset": self.config.preset,
             "epoch": epoch,
             "metrics": metrics,
