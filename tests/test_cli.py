@@ -176,6 +176,20 @@ def test_predict_classifies_every_readable_file_and_ends_in_error_for_the_others
     assert [item["image"] for item in out["predictions"]] == [str(tmp_path / n) for n in ("a.png", "c.png")]
     assert [item["image"] for item in out["unreadable"]] == [str(tmp_path / n) for n in ("b.png", "d.png")]
     assert out["unreadable"][1]["error"].endswith("d.png is empty")
+    # Nothing readable: the same lines, and with --json still the JSON document, its predictions empty.
+    for name in ("a.png", "c.png"):
+        (tmp_path / name).unlink()
+    none_read = vitlab("predict", run_dir, tmp_path, "--json", check=False)
+    assert none_read.returncode == 2 and none_read.stderr.splitlines()[-1].endswith(
+        "2 of 2 files could not be read and were left out"
+    )
+    out = json.loads(none_read.stdout)
+    assert out["predictions"] == [] and [item["image"] for item in out["unreadable"]] == [
+        str(tmp_path / "b.png"),
+        str(tmp_path / "d.png"),
+    ]
+    alone = vitlab("predict", run_dir, tmp_path / "d.png", check=False)
+    assert (alone.returncode, alone.stdout, alone.stderr) == (2, "", f"vitlab: error: {tmp_path / 'd.png'} is empty\n")
 
 
 def test_info_for_a_preset_and_a_checkpoint(trained_run):

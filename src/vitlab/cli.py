@@ -319,11 +319,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths, items, unreadable = classifier.read_readable_files(named)
     for _, reason in unreadable:
         print(f"vitlab: error: {reason}", file=sys.stderr)
-    if not items:
-        return 2
     if args.invert:
         items = [255 - item for item in items]
-    predictions = classifier.predict(items, top_k=args.top_k)
+    predictions = classifier.predict(items, top_k=args.top_k) if items else []
     results = [
         {
             "image": str(path),
@@ -347,10 +345,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             ranked = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in item["top_k"])
             print(f"{item['image']}: {ranked}")
     if unreadable:
-        print(
-            f"vitlab: error: {len(unreadable)} of {len(named)} files could not be read and were left out",
-            file=sys.stderr,
-        )
+        if len(named) > 1:  # a single file's own error says it all
+            print(
+                f"vitlab: error: {len(unreadable)} of {len(named)} files could not be read and were left out",
+                file=sys.stderr,
+            )
         return 2
     return 0
 
