@@ -188,6 +188,10 @@ def test_predict_classifies_every_readable_file_and_ends_in_error_for_the_others
         str(tmp_path / "b.png"),
         str(tmp_path / "d.png"),
     ]
+    no_gpu = vitlab(
+        "predict", run_dir, tmp_path / "d.png", "--device", "cuda", check=False, env={"CUDA_VISIBLE_DEVICES": ""}
+    )
+    _assert_clean_error(no_gpu, "device cuda asks for CUDA")  # before any file is read
     alone = vitlab("predict", run_dir, tmp_path / "d.png", check=False)
     assert (alone.returncode, alone.stdout, alone.stderr) == (2, "", f"vitlab: error: {tmp_path / 'd.png'} is empty\n")
 

@@ -125,6 +125,24 @@ def test_python_api_runs_an_exported_onnx_file(tmp_path, checkpoint):
     assert abs(from_onnx[0].probabilities[0] - from_torch[0].probabilities[0]) < 1e-4
 
 
+def test_python_api_picks_its_device_and_refuses_one_that_is_not_there(tmp_path, checkpoint, monkeypatch):
+    path, model = checkpoint
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU, even one with
+    digit = (np.random.default_rng(2).random((28, 28)) * 255).astype(np.uint8)
+    automatic, on_cpu = vitlab.load(path), vitlab.load(path, device="cpu")
+    assert automatic.device == on_cpu.device == torch.device("cpu")
+    assert next(on_cpu._model.parameters()).device == torch.device("cpu")
+    torch.testing.assert_close(automatic.predict_proba(digit), on_cpu.predict_proba(digit), atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="device cuda asks for CUDA, but no CUDA device is available"):
+        vitlab.load(path, device="cuda")
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        vitlab.load(path, device="gpu")
+    export_onnx(model, INFO, tmp_path / "model.onnx")
+    assert vitlab.load(tmp_path / "model.onnx", device="cpu").device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="an ONNX file runs on the CPU through onnxruntime, not on cuda"):
+        vitlab.load(tmp_path / "model.onnx", device="cuda")
+
+
 def test_a_vit_runs_at_another_image_size_with_a_resampled_position_table(tmp_path, checkpoint):
     path, model = checkpoint
     big = vitlab.load(path, img_size=42)

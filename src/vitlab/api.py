@@ -58,11 +58,16 @@ def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
 class Classifier:
     """A trained model (PyTorch or ONNX) with the class names and normalisation it was trained with."""
 
-    def __init__(self, path: str | Path, img_size: int | None = None) -> None:
+    def __init__(self, path: str | Path, img_size: int | None = None, device: str = "auto") -> None:
+        from vitlab.engine.runtime import resolve_device
+
         path = Path(path)
         if path.suffix == ".onnx":
             from vitlab.export import OnnxClassifier
 
+            if device not in ("auto", "cpu"):
+                raise ConfigError(f"an ONNX file runs on the CPU through onnxruntime, not on {device}")
+            self.device = torch.device("cpu")
             self._onnx = OnnxClassifier(path)
             self.metadata: dict[str, Any] = self._onnx.metadata
             self.channels, self.img_size = self._onnx.channels, self._onnx.img_size
@@ -76,10 +81,12 @@ class Classifier:
             from vitlab.engine.checkpoint import load_checkpoint
             from vitlab.engine.runtime import reuse_freed_memory
 
+            self.device = resolve_device(device, "device")  # one that is not there fails before the weights load
             reuse_freed_memory()  # batched prediction reallocates the same activations every call
             self._model, self.metadata = load_checkpoint(path)
             if img_size and img_size != self._model.config.img_size:
                 self._model = at_image_size(self._model, img_size)
+            self._model.to(self.device)
             self.channels, self.img_size = self._model.config.in_channels, self._model.config.img_size
             self._onnx = None
         self.mean = self.metadata.get("mean") or [0.5] * self.channels
@@ -155,8 +162,10 @@ class Classifier:
         chunks = []
         with counting_bar("classifying", len(batch)) as advance:
             for chunk in batch.split(PREDICT_CHUNK):
-                inputs = to_model_input(chunk, self.mean, self.std, self.img_size, self.channels)
-                chunks.append(self._onnx.logits(inputs) if self._onnx is not None else self._model(inputs).float())
+                inputs = to_model_input(chunk.to(self.device), self.mean, self.std, self.img_size, self.channels)
+                chunks.append(
+                    self._onnx.logits(inputs) if self._onnx is not None else self._model(inputs).float().cpu()
+                )
                 advance(len(chunk))
         return torch.cat(chunks).softmax(dim=1)
 
@@ -189,9 +198,11 @@ def at_image_size(model: torch.nn.Module, img_size: int) -> torch.nn.Module:
     return resized
 
 
-def load(path: str | Path, img_size: int | None = None) -> Classifier:
+def load(path: str | Path, img_size: int | None = None, device: str = "auto") -> Classifier:
     """Load a run directory, a vitlab checkpoint or an exported ONNX file for prediction.
 
-    img_size runs a ViT checkpoint at another input size (position table resampled bicubically).
+    img_size runs a ViT checkpoint at another input size (position table resampled bicubically). device is
+    'auto' (CUDA when present, else the CPU), 'cpu' or 'cuda[:N]'; an ONNX file runs on the CPU. Probabilities
+    come back on the CPU either way.
     """
-    return Classifier(path, img_size)
+    return Classifier(path, img_size, device)

@@ -312,7 +312,7 @@ def trained_data_dir(metadata: dict, dataset: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.api import load
 
-    classifier = load(args.checkpoint, img_size=args.img_size)
+    classifier = load(args.checkpoint, img_size=args.img_size, device=args.device)
     named = image_paths(args.images)
     # Every file is read before any is classified; one that cannot be read is reported and left out,
     # and the command ends in error after classifying the others (as `file` or `cp` go on past a bad one).
@@ -662,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--img-size", type=positive_int, help="run at another input size (a ViT's position table is resampled)"
     )
     predict.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
+    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda; ONNX runs on the CPU")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=cmd_predict)
 
