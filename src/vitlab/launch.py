@@ -73,13 +73,13 @@ def run_processes(argv: list[str], nproc: int, run_dir: Path) -> int:
     for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    # Ctrl-C stays a KeyboardInterrupt here instead of torchrun's signal of the same name forwarded to
-    # the workers: its agent then stops them with SIGTERM, which ends a worker at once wherever it is
-    # (Python sets no handler for it), even half-started or blocked in a collective call. (torchrun
-    # sets TORCHELASTIC_SIGNALS_TO_HANDLE from this option, so the variable alone is overwritten.)
     raise_swallowed_interrupt()  # one an import above swallowed: processes started now would never get it
     with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
-        # torchrun's log directory (per-worker error files) goes in here too: left to itself, torchrun
+        # Ctrl-C stays a KeyboardInterrupt here instead of torchrun's signal of the same name forwarded to
+        # the workers: its agent then stops them with SIGTERM, which ends a worker at once wherever it is
+        # (Python sets no handler for it), even half-started or blocked in a collective call. (torchrun
+        # sets TORCHELASTIC_SIGNALS_TO_HANDLE from this option, so the variable alone is overwritten.)
+        # Its log directory (per-worker error files) goes in this folder too: left to itself, torchrun
         # makes a /tmp/torchelastic_* tree for every run and never removes it.
         launch = get_args_parser().parse_args(
             ["--standalone", f"--nproc_per_node={nproc}", "--signals_to_handle=SIGTERM,SIGHUP,SIGQUIT"]
