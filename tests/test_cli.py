@@ -17,7 +17,10 @@ from PIL import Image
 import vitlab as vitlab_package
 from tests.helpers import SHARED_DATA, unreadable_image_folder
 from vitlab import terminal
+from vitlab.cli import byte_size
 from vitlab.cli import main as vitlab_main
+from vitlab.config import DataConfig
+from vitlab.data.datasets import open_dataset
 from vitlab.data.sources import load_split
 from vitlab.engine import compare as compare_engine
 from vitlab.engine.runtime import autocast_dtype
@@ -194,6 +197,36 @@ def test_predict_classifies_every_readable_file_and_ends_in_error_for_the_others
     _assert_clean_error(no_gpu, "device cuda asks for CUDA")  # before any file is read
     alone = vitlab("predict", run_dir, tmp_path / "d.png", check=False)
     assert (alone.returncode, alone.stdout, alone.stderr) == (2, "", f"vitlab: error: {tmp_path / 'd.png'} is empty\n")
+
+
+def test_cache_lists_and_clears_the_decoded_image_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    place = tmp_path / "cache" / "folders"
+    assert vitlab_main(["cache"]) == 0
+    assert capsys.readouterr().out == f"0 decoded image splits in {place}, 0 B\n"
+    root = tmp_path / "pictures"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for index in range(3):
+            Image.new("L", (10 + index, 10), 40 * index).save(root / label / f"{index}.png")
+    open_dataset(DataConfig(dataset=str(root), test_fraction=0.34), 1, 8)
+    assert vitlab_main(["cache"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    on_disk = sum(f.stat().st_size for f in place.rglob("*") if f.is_file())
+    assert lines[0] == f"2 decoded image splits in {place}, {byte_size(on_disk)}"
+    assert sorted(line.split("B  ")[1].split(", last used")[0] for line in lines[1:3]) == [
+        f"{root} (2 images, 1x8x8)",
+        f"{root} (4 images, 1x8x8)",
+    ]
+    assert lines[3].startswith("`vitlab cache --clear` deletes them")
+    assert vitlab_main(["cache", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["bytes"] == on_disk and sorted(e["images"] for e in listed["entries"]) == [2, 4]
+    assert all(e["folder"] == str(root) and not e["outdated"] for e in listed["entries"])
+    assert vitlab_main(["cache", "--clear"]) == 0
+    assert capsys.readouterr().out == f"deleted 2 decoded image splits ({byte_size(on_disk)}) from {place}\n"
+    assert list(place.iterdir()) == []
+    assert [byte_size(n) for n in (999, 1050, 7_500_000_000)] == ["999 B", "1.05 kB", "7.5 GB"]
 
 
 def test_info_for_a_preset_and_a_checkpoint(trained_run):

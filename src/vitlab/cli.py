@@ -567,6 +567,61 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# ----- cache -------------------------------------------------------------------------------------
+def cmd_cache(args: argparse.Namespace) -> int:
+    import datetime
+
+    from vitlab.data.folders import cache_entries, cache_root, clear_cache
+    from vitlab.terminal import counted
+
+    place = cache_root() / "folders"
+    entries = clear_cache() if args.clear else cache_entries()
+    total = sum(entry.bytes for entry in entries)
+    if args.json:
+        _print_json(
+            {
+                "cache": str(place),
+                "cleared": args.clear,
+                "bytes": total,
+                "entries": [
+                    {
+                        "path": str(e.path),
+                        "folder": e.folder,
+                        "images": e.images,
+                        "shape": e.shape,
+                        "bytes": e.bytes,
+                        "last_used": datetime.datetime.fromtimestamp(e.last_used).isoformat(timespec="seconds"),
+                        "outdated": e.outdated,
+                    }
+                    for e in entries
+                ],
+            }
+        )
+        return 0
+    if args.clear:
+        print(f"deleted {counted(len(entries), 'decoded image split')} ({byte_size(total)}) from {place}")
+        return 0
+    print(f"{counted(len(entries), 'decoded image split')} in {place}, {byte_size(total)}")
+    for e in entries:
+        used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
+        what = f"{e.folder} ({e.images:,} images, {e.shape})" if e.folder else "(folder not recorded)"
+        print(
+            f"  {byte_size(e.bytes):>9}  {what}, last used {used}"
+            + ("; outdated: the folder changed" if e.outdated else "")
+        )
+    if entries:
+        print("`vitlab cache --clear` deletes them; a run decodes its folder again when it needs it")
+    return 0
+
+
+def byte_size(count: int) -> str:
+    """'512 B', '1.2 MB', '7.50 GB' (powers of 1000, as disks are sold)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} B"
+
+
 # ----- parser ------------------------------------------------------------------------------------
 def version_line() -> str:
     """'vitlab X.Y.Z (torch A.B.C, Python D.E.F)', read from the installed packages without importing torch."""
@@ -715,6 +770,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", help="preset name (default: the default preset)")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=cmd_info)
+
+    cache = sub.add_parser("cache", help="list, or clear, the decoded image folders kept on disk")
+    cache.add_argument("--clear", action="store_true", help="delete them (a run decodes its folder again)")
+    cache.add_argument("--json", action="store_true")
+    cache.set_defaults(handler=cmd_cache)
     return parser
 
 

@@ -132,6 +132,36 @@ def test_a_damaged_cache_entry_is_decoded_again_and_replaced(tmp_path, capsys, d
         assert folders._read_cache(entry, 3, 16) is not None
 
 
+def test_the_cache_lists_its_entries_and_a_changed_folder_retires_its_old_ones(tmp_path):
+    root, other = make_folder(tmp_path / "data", per_class=4), make_folder(tmp_path / "other", per_class=3)
+    open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16, seed=0)
+    open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16, seed=1)  # another split: kept
+    open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 20)  # another size: kept
+    open_dataset(DataConfig(dataset=str(other), test_fraction=0.34), 1, 16)
+    entries = folders.cache_entries()
+    assert len(entries) == 8 and not any(entry.outdated for entry in entries)
+    mine = [entry for entry in entries if entry.folder == str(root)]
+    assert sorted((entry.images, entry.shape) for entry in mine) == [(2, "3x16x16")] * 2 + [(2, "3x20x20")] + [
+        (6, "3x16x16")
+    ] * 2 + [(6, "3x20x20")]
+    assert all(entry.bytes >= entry.images * 3 * 16 * 16 for entry in mine)
+    Image.new("RGB", (9, 9), (255, 0, 0)).save(root / "cat" / "new.png")  # an image added
+    assert [entry.outdated for entry in folders.cache_entries() if entry.folder == str(root)] == [True] * 6
+    open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16)  # decodes it anew, retires the rest
+    entries = folders.cache_entries()
+    assert sorted((entry.folder, entry.images) for entry in entries) == [(str(root), 2), (str(root), 7)] + [
+        (str(other), 2),
+        (str(other), 4),
+    ]
+    assert not any(entry.outdated for entry in entries)
+    other.rename(tmp_path / "moved")  # as a drive that is not mounted: its entries stay, not called outdated
+    assert [entry.outdated for entry in folders.cache_entries() if entry.folder == str(other)] == [False, False]
+    writing = tmp_path / "cache" / "folders" / f"abc{folders.TEMPORARY_ENTRY}123"  # another process's, in progress
+    writing.mkdir()
+    assert len(folders.clear_cache()) == 4
+    assert list((tmp_path / "cache" / "folders").iterdir()) == [writing] and folders.cache_entries() == []
+
+
 def test_full_disk_while_caching_costs_the_cache_not_the_run(tmp_path, monkeypatch, capsys):
     root = make_folder(tmp_path / "data", per_class=4)
 

@@ -12,6 +12,7 @@ from vitlab.data.folders import (
     class_folders,
     describe_skipped,
     folder_files,
+    folder_state,
     is_image_folder,
     load_folder_split,
     split_roots,
@@ -66,11 +67,12 @@ def open_dataset(
     empty = ImageDataset(torch.zeros(0, channels, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), ())
     if is_image_folder(data.dataset):
         train_files, test_files, class_names = folder_files(data.dataset, data.test_fraction, seed)
+        source = folder_state(data.dataset, train_files + test_files)
         loaded, notes = {}, []
         for split, files in (("train", train_files), ("test", test_files)):
             if split not in splits:
                 continue
-            part = load_folder_split(files, channels, size)
+            part = load_folder_split(files, channels, size, source=source)
             if files and len(part.labels) == 0:
                 raise DataError(f"no {split} image in {data.dataset} could be read: {describe_skipped(part.skipped)}")
             if part.skipped:

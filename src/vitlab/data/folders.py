@@ -10,6 +10,7 @@ later runs skip decoding. Unreadable files are skipped and reported, never fatal
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from vitlab.terminal import counting_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 TEST_FOLDER_NAMES = ("test", "val")
+TEMPORARY_ENTRY = ".tmp"  # in the name of a cache entry still being written (followed by the writer's pid)
 
 
 @dataclass
@@ -166,14 +168,22 @@ def _cache_key(files: list[tuple[str, int]], channels: int, size: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def _decode_into_cache(folder: Path, files: list[tuple[str, int]], channels: int, size: int, workers: int) -> None:
-    """Decode into a temporary folder beside the cache entry, then rename it into place."""
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+def _decode_into_cache(
+    folder: Path, files: list[tuple[str, int]], channels: int, size: int, workers: int, source: FolderState | None
+) -> None:
+    """Decode into a temporary folder beside the cache entry, then rename it into place.
+
+    The index also records the image folder and the state of it the files came from, so that `vitlab
+    cache` can say what each entry is, and a change to the folder can retire the entries it outdates."""
+    tmp = folder.with_name(folder.name + f"{TEMPORARY_ENTRY}{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         count, labels, skipped = decode_files(files, channels, size, workers, tmp / "images.u8")
         np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64), allow_pickle=False)
-        (tmp / "index.json").write_text(json.dumps({"count": count, "skipped": skipped}))
+        index = {"count": count, "skipped": skipped, "channels": channels, "size": size}
+        if source is not None:
+            index |= {"folder": source.root, "folder_state": source.state}
+        (tmp / "index.json").write_text(json.dumps(index))
         tmp.rename(folder)
     finally:
         # Whatever failed (a full disk, or another process caching the same folder first),
@@ -191,6 +201,8 @@ def _read_cache(folder: Path, channels: int, size: int) -> FolderSplit | None:
         images = map_images(folder / "images.u8", count, channels, size)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent or damaged: decode again
+    with contextlib.suppress(OSError):  # when it was last used, for `vitlab cache`; a read-only cache still reads
+        os.utime(folder / "index.json")
     return FolderSplit(images, torch.from_numpy(labels), (), skipped)
 
 
@@ -207,10 +219,35 @@ def _decode_uncached(files: list[tuple[str, int]], channels: int, size: int, wor
     return FolderSplit(images, torch.tensor(labels, dtype=torch.int64), (), skipped)
 
 
+@dataclass(frozen=True)
+class FolderState:
+    """An image folder (absolute path) and a key of its state: every image file's name, size and time."""
+
+    root: str
+    state: str
+
+
+def folder_state(root: str | Path, files: list[tuple[str, int]] | None = None) -> FolderState:
+    """The image folder as it is now: its train and test files together, whatever the split (`files`
+    when they have just been listed)."""
+    if files is None:
+        train, test, _ = folder_files(root)
+        files = train + test
+    return FolderState(str(Path(root).expanduser().resolve()), _cache_key(sorted(files), 0, 0))
+
+
 def load_folder_split(
-    files: list[tuple[str, int]], channels: int, size: int, use_cache: bool = True, workers: int | None = None
+    files: list[tuple[str, int]],
+    channels: int,
+    size: int,
+    use_cache: bool = True,
+    workers: int | None = None,
+    source: FolderState | None = None,
 ) -> FolderSplit:
-    """Decoded images of these files (memory-mapped), from the cache when the folder has not changed."""
+    """Decoded images of these files (memory-mapped), from the cache when the folder has not changed.
+
+    `source`, the folder the files are from, is recorded with a new cache entry; the entries decoded from
+    an earlier state of that folder are then deleted, as no run would read them again."""
     workers = workers or available_cores()
     if not use_cache:
         return _decode_uncached(files, channels, size, workers)
@@ -222,7 +259,7 @@ def load_folder_split(
     # since the rename cannot land on a folder that is not empty.
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        _decode_into_cache(folder, files, channels, size, workers)
+        _decode_into_cache(folder, files, channels, size, workers, source)
     except OSError as exc:  # a full or read-only cache disk costs the cache, not the run
         cached = _read_cache(folder, channels, size)  # unless another process cached the same folder first
         if cached is not None:
@@ -235,7 +272,76 @@ def load_folder_split(
     cached = _read_cache(folder, channels, size)
     if cached is None:
         raise DataError(f"the decoded-image cache {folder} could not be read back just after writing it")
+    if source is not None:
+        for entry in cache_entries(current={source.root: source.state}):
+            if entry.folder == source.root and entry.outdated:
+                shutil.rmtree(entry.path, ignore_errors=True)
     return cached
+
+
+@dataclass
+class CacheEntry:
+    """One decoded split in the cache (see `vitlab cache`)."""
+
+    path: Path
+    folder: str  # what it was decoded from; "" for an entry written before vitlab recorded it
+    images: int
+    shape: str  # channels x size x size, or "" when not recorded
+    bytes: int
+    last_used: float  # seconds since the epoch
+    outdated: bool  # its folder is there but has changed since: no run will read this entry again
+
+
+def cache_entries(current: dict[str, str] | None = None) -> list[CacheEntry]:
+    """The decoded splits under cache_root(), most recently used first (entries still being written left out).
+
+    An entry is outdated when its folder's state differs from the current one (`current` maps folders to
+    states already known; the others are listed again). A folder that is not there may be on a drive not
+    mounted now: its entries are not called outdated.
+    """
+    states = dict(current or {})
+
+    def state_now(folder: str) -> str | None:
+        if folder not in states:
+            try:
+                states[folder] = folder_state(folder).state if Path(folder).is_dir() else None
+            except DataError:  # no class folders or no images any more
+                states[folder] = ""
+        return states[folder]
+
+    base = cache_root() / "folders"
+    entries = []
+    for path in sorted(base.iterdir()) if base.is_dir() else []:
+        if not path.is_dir() or TEMPORARY_ENTRY in path.name:
+            continue
+        try:
+            index = json.loads((path / "index.json").read_text())
+            last_used = (path / "index.json").stat().st_mtime
+        except (OSError, ValueError):
+            index, last_used = {}, path.stat().st_mtime  # damaged: the next run that wants it decodes again
+        folder, channels, size = index.get("folder", ""), index.get("channels"), index.get("size")
+        now = state_now(folder) if folder else None
+        outdated = now is not None and now != index.get("folder_state")
+        entries.append(
+            CacheEntry(
+                path=path,
+                folder=folder,
+                images=int(index.get("count", 0)),
+                shape=f"{channels}x{size}x{size}" if channels else "",
+                bytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
+                last_used=last_used,
+                outdated=outdated,
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.last_used, reverse=True)
+
+
+def clear_cache() -> list[CacheEntry]:
+    """Delete every decoded split in the cache (not those being written now); the entries deleted."""
+    entries = cache_entries()
+    for entry in entries:
+        shutil.rmtree(entry.path, ignore_errors=True)
+    return entries
 
 
 def stratified_split(files: list[tuple[str, int]], test_fraction: float, seed: int) -> tuple[list, list]:
