@@ -273,8 +273,8 @@ def load_folder_split(
     if cached is None:
         raise DataError(f"the decoded-image cache {folder} could not be read back just after writing it")
     if source is not None:
-        for entry in cache_entries(current={source.root: source.state}):
-            if entry.folder == source.root and entry.outdated:
+        for entry in cache_entries(of_folder=source):
+            if entry.outdated:
                 shutil.rmtree(entry.path, ignore_errors=True)
     return cached
 
@@ -292,14 +292,14 @@ class CacheEntry:
     outdated: bool  # its folder is there but has changed since: no run will read this entry again
 
 
-def cache_entries(current: dict[str, str] | None = None) -> list[CacheEntry]:
-    """The decoded splits under cache_root(), most recently used first (entries still being written left out).
+def cache_entries(of_folder: FolderState | None = None) -> list[CacheEntry]:
+    """The decoded splits under cache_root(), most recently used first (entries still being written left out);
+    with `of_folder`, only that folder's, judged against that state of it without listing it again.
 
-    An entry is outdated when its folder's state differs from the current one (`current` maps folders to
-    states already known; the others are listed again). A folder that is not there may be on a drive not
-    mounted now: its entries are not called outdated.
+    An entry is outdated when its folder's state differs from the current one. A folder that is not there
+    may be on a drive not mounted now: its entries are not called outdated.
     """
-    states = dict(current or {})
+    states = {of_folder.root: of_folder.state} if of_folder else {}
 
     def state_now(folder: str) -> str | None:
         if folder not in states:
@@ -307,6 +307,8 @@ def cache_entries(current: dict[str, str] | None = None) -> list[CacheEntry]:
                 states[folder] = folder_state(folder).state if Path(folder).is_dir() else None
             except DataError:  # no class folders or no images any more
                 states[folder] = ""
+            except OSError:  # unreadable now: nothing known
+                states[folder] = None
         return states[folder]
 
     base = cache_root() / "folders"
@@ -316,10 +318,16 @@ def cache_entries(current: dict[str, str] | None = None) -> list[CacheEntry]:
             continue
         try:
             index = json.loads((path / "index.json").read_text())
-            last_used = (path / "index.json").stat().st_mtime
         except (OSError, ValueError):
-            index, last_used = {}, path.stat().st_mtime  # damaged: the next run that wants it decodes again
+            index = {}  # damaged: the next run that wants it decodes again
         folder, channels, size = index.get("folder", ""), index.get("channels"), index.get("size")
+        if of_folder and folder != of_folder.root:
+            continue
+        try:
+            last_used = (path / "index.json" if index else path).stat().st_mtime
+            size_on_disk = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        except OSError:  # deleted meanwhile by another run
+            continue
         now = state_now(folder) if folder else None
         outdated = now is not None and now != index.get("folder_state")
         entries.append(
@@ -328,7 +336,7 @@ def cache_entries(current: dict[str, str] | None = None) -> list[CacheEntry]:
                 folder=folder,
                 images=int(index.get("count", 0)),
                 shape=f"{channels}x{size}x{size}" if channels else "",
-                bytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
+                bytes=size_on_disk,
                 last_used=last_used,
                 outdated=outdated,
             )
