@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +158,15 @@ def test_the_cache_lists_its_entries_and_a_changed_folder_retires_its_old_ones(t
     assert not any(entry.outdated for entry in entries)
     other.rename(tmp_path / "moved")  # as a drive that is not mounted: its entries stay, not called outdated
     assert [entry.outdated for entry in folders.cache_entries() if entry.folder == str(other)] == [False, False]
-    writing = tmp_path / "cache" / "folders" / f"abc{folders.TEMPORARY_ENTRY}123"  # another process's, in progress
+    # Half-written entries: one a live process is writing (this one), one whose writer was killed.
+    writing = tmp_path / "cache" / "folders" / f"abc{folders.TEMPORARY_ENTRY}{os.getpid()}"
     writing.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = tmp_path / "cache" / "folders" / f"def{folders.TEMPORARY_ENTRY}{dead.pid}"
+    (abandoned / "images.u8").parent.mkdir()
+    (abandoned / "images.u8").write_bytes(b"half")
+    assert len(folders.cache_entries()) == 4  # neither is listed
     assert len(folders.clear_cache()) == 4
     assert list((tmp_path / "cache" / "folders").iterdir()) == [writing] and folders.cache_entries() == []
 

@@ -345,11 +345,27 @@ def cache_entries(of_folder: FolderState | None = None) -> list[CacheEntry]:
 
 
 def clear_cache() -> list[CacheEntry]:
-    """Delete every decoded split in the cache (not those being written now); the entries deleted."""
+    """Delete every decoded split in the cache, and what a writer that was killed left half-written (not
+    what a live process is writing); the finished entries deleted."""
     entries = cache_entries()
     for entry in entries:
         shutil.rmtree(entry.path, ignore_errors=True)
+    base = cache_root() / "folders"
+    for path in base.glob(f"*{TEMPORARY_ENTRY}*") if base.is_dir() else []:
+        writer = path.name.rpartition(TEMPORARY_ENTRY)[2]
+        if writer.isdigit() and not _process_alive(int(writer)):
+            shutil.rmtree(path, ignore_errors=True)
     return entries
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, say
+        return True
+    return True
 
 
 def stratified_split(files: list[tuple[str, int]], test_fraction: float, seed: int) -> tuple[list, list]:
