@@ -27,6 +27,17 @@ def unreadable_image_folder(root: Path, per_class: int = 5) -> Path:
     return root
 
 
+def grey_image_folder(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 3) -> Path:
+    """An image folder of small grey PNGs of varied sizes, each class a different brightness."""
+    from PIL import Image
+
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            Image.new("L", (10 + index % 5, 10), 40 * label + index % 7).save(root / name / f"{index}.png")
+    return root
+
+
 def ordinary_file_mode() -> int:
     """The permissions a new file gets from open() under this process's umask (mkstemp's are 0600)."""
     umask = os.umask(0)

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import vitlab as vitlab_package
-from tests.helpers import SHARED_DATA, unreadable_image_folder
-from vitlab import terminal
+from tests.helpers import SHARED_DATA, grey_image_folder, unreadable_image_folder
+from vitlab import cli, terminal
 from vitlab.cli import byte_size
 from vitlab.cli import main as vitlab_main
 from vitlab.config import DataConfig
@@ -125,6 +125,27 @@ def test_eval_scores_in_the_precision_the_run_trained_in(tmp_path):
         _assert_clean_error(refused, "--precision=bf16 but this cpu has no bf16 support")
 
 
+def test_eval_holds_out_the_images_a_folder_run_held_out(tmp_path, monkeypatch, capsys):
+    # A folder without train/ and test/ is split at random by the run's seed and data.test_fraction; eval
+    # drew the default split (seed 0, 20%), which held images the model had trained on.
+    folder, run_dir = grey_image_folder(tmp_path / "pictures", per_class=20), tmp_path / "run"
+    env = {"VITLAB_CACHE": str(tmp_path / "cache")}
+    args = ["--epochs", 1, "--seed", 5, "--out", run_dir, "--quiet", "--no-report", "train.batch_size=8"]
+    vitlab("train", "--dataset", folder, *args, "data.test_fraction=0.3", env=env)
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    scored = json.loads(vitlab("eval", run_dir / "checkpoints" / "last.safetensors", "--json", env=env).stdout)
+    assert scored["num_examples"] == json.loads((run_dir / "run.json").read_text())["test_images"] == 12
+    assert scored["accuracy"] == pytest.approx(last["test_accuracy"]) and scored["loss"] == pytest.approx(
+        last["test_loss"]
+    )
+    # Checkpoints from before the split was recorded: from the run's config.yaml, else the default, said so.
+    recorded = {"dataset": str(folder)}
+    assert cli.trained_test_split(recorded, str(folder), str(run_dir)) == (0.3, 5)
+    assert cli.trained_test_split(recorded, str(folder), str(tmp_path / "elsewhere.safetensors")) == (0.2, 0)
+    assert "does not say how its image folder was split" in capsys.readouterr().err
+    assert cli.trained_test_split(recorded, "mnist", str(run_dir)) == (0.2, 0)  # another data set: its own split
+
+
 def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
     run_dir, _ = trained_run
     digit = load_split("mnist", "test").images[0, 0].numpy()
@@ -204,11 +225,7 @@ def test_cache_lists_and_clears_the_decoded_image_folders(tmp_path, monkeypatch,
     place = tmp_path / "cache" / "folders"
     assert vitlab_main(["cache"]) == 0
     assert capsys.readouterr().out == f"0 decoded image splits in {place}, 0 B\n"
-    root = tmp_path / "pictures"
-    for label in ("a", "b"):
-        (root / label).mkdir(parents=True)
-        for index in range(3):
-            Image.new("L", (10 + index, 10), 40 * index).save(root / label / f"{index}.png")
+    root = grey_image_folder(tmp_path / "pictures")
     open_dataset(DataConfig(dataset=str(root), test_fraction=0.34), 1, 8)
     assert vitlab_main(["cache"]) == 0
     lines = capsys.readouterr().out.splitlines()

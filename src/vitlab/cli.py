@@ -248,10 +248,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dtype = autocast_dtype(precision, device, "--precision")
         channels, img_size, num_classes = model.config.in_channels, model.config.img_size, model.config.num_classes
     name = args.dataset or metadata.get("dataset", "mnist")
+    fraction, seed = trained_test_split(metadata, name, args.checkpoint)
     data = open_dataset(
-        DataConfig(dataset=name, data_dir=args.data_dir or trained_data_dir(metadata, name)),
+        DataConfig(dataset=name, data_dir=args.data_dir or trained_data_dir(metadata, name), test_fraction=fraction),
         channels,
         img_size,
+        seed,
         splits=("test",),
     )
     if len(data.class_names) != num_classes:
@@ -299,6 +301,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for class_name, accuracy in payload["per_class_accuracy"].items():
         print(f"  {class_name:>12}  {accuracy:.2%}")
     return 0
+
+
+def trained_test_split(metadata: dict, dataset: str, checkpoint: str) -> tuple[float, int]:
+    """(test fraction, seed) that split `dataset` when the model trained on it; the defaults for another one.
+
+    An image folder without train/ and test/ is split at random: scored on another draw, the test images
+    would include ones the model trained on. Checkpoints from before the split was recorded take it from
+    the run's config.yaml when they are still in their run directory."""
+    from vitlab.config import DataConfig, RunConfig, load_yaml
+    from vitlab.data.folders import is_image_folder
+
+    default = DataConfig().test_fraction, 0
+    trained = metadata.get("dataset")
+    if not (trained and is_image_folder(dataset) and is_image_folder(trained)):
+        return default
+    if Path(dataset).expanduser().resolve() != Path(trained).expanduser().resolve():
+        return default
+    if "test_split" in metadata:
+        return float(metadata["test_split"]["fraction"]), int(metadata["test_split"]["seed"])
+    run_config = (
+        Path(checkpoint) / "config.yaml"
+        if Path(checkpoint).is_dir()
+        else Path(checkpoint).parent.parent / "config.yaml"
+    )
+    if run_config.is_file():
+        config = RunConfig.from_dict(load_yaml(run_config))
+        return config.data.test_fraction, config.train.seed
+    print(
+        "vitlab: note: this checkpoint does not say how its image folder was split; scoring the default "
+        f"split ({default[0]:.0%} held out, seed 0), which may include images it trained on",
+        file=sys.stderr,
+    )
+    return default
 
 
 def trained_data_dir(metadata: dict, dataset: str) -> str:

@@ -201,6 +201,8 @@ class Trainer:
         return {
             "dataset": self.config.data.dataset,
             "data_dir": self.config.data.data_dir,
+            # How an image folder without train/ and test/ was split: `vitlab eval` holds out the same images.
+            "test_split": {"fraction": self.config.data.test_fraction, "seed": self.config.train.seed},
             "class_names": list(self.class_names),
             "mean": list(self.mean),
             "std": list(self.std),
