@@ -307,33 +307,22 @@ def trained_test_split(metadata: dict, dataset: str, checkpoint: str) -> tuple[f
     """(test fraction, seed) that split `dataset` when the model trained on it; the defaults for another one.
 
     An image folder without train/ and test/ is split at random: scored on another draw, the test images
-    would include ones the model trained on. Checkpoints from before the split was recorded take it from
-    the run's config.yaml when they are still in their run directory."""
-    from vitlab.config import DataConfig, RunConfig, load_yaml
-    from vitlab.data.folders import is_image_folder
+    would include ones the model trained on."""
+    from vitlab.config import DataConfig
+    from vitlab.data.folders import same_folder
+    from vitlab.engine.checkpoint import recorded_test_split
 
     default = DataConfig().test_fraction, 0
-    trained = metadata.get("dataset")
-    if not (trained and is_image_folder(dataset) and is_image_folder(trained)):
+    if not same_folder(metadata.get("dataset", ""), dataset):
         return default
-    if Path(dataset).expanduser().resolve() != Path(trained).expanduser().resolve():
-        return default
-    if "test_split" in metadata:
-        return float(metadata["test_split"]["fraction"]), int(metadata["test_split"]["seed"])
-    run_config = (
-        Path(checkpoint) / "config.yaml"
-        if Path(checkpoint).is_dir()
-        else Path(checkpoint).parent.parent / "config.yaml"
-    )
-    if run_config.is_file():
-        config = RunConfig.from_dict(load_yaml(run_config))
-        return config.data.test_fraction, config.train.seed
-    print(
-        "vitlab: note: this checkpoint does not say how its image folder was split; scoring the default "
-        f"split ({default[0]:.0%} held out, seed 0), which may include images it trained on",
-        file=sys.stderr,
-    )
-    return default
+    recorded = recorded_test_split(metadata, checkpoint)
+    if recorded is None:
+        print(
+            "vitlab: note: this checkpoint does not say how its image folder was split; scoring the default "
+            f"split ({default[0]:.0%} held out, seed 0), which may include images it trained on",
+            file=sys.stderr,
+        )
+    return recorded or default
 
 
 def trained_data_dir(metadata: dict, dataset: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vitlab.config import RunConfig, apply_overrides, load_yaml, parse_duration
 from vitlab.data.datasets import input_shape
-from vitlab.data.folders import is_image_folder
+from vitlab.data.folders import is_image_folder, same_folder
 from vitlab.errors import ConfigError
 from vitlab.models.registry import DEFAULT_PRESET, model_config
 
@@ -151,9 +151,9 @@ def resolve_finetune_config(
     """
     from vitlab.engine.finetune import read_source
 
-    source_config, _, _ = read_source(source)
+    pretrained = read_source(source)
     _, classes = input_shape(dataset)
-    model = dataclasses.replace(source_config, num_classes=classes, img_size=img_size or source_config.img_size)
+    model = dataclasses.replace(pretrained.config, num_classes=classes, img_size=img_size or pretrained.config.img_size)
     recipe = recipe_for(dataset)
     data = (load_yaml(recipe_path(recipe)).get("data") or {}) if recipe else {}
     config = RunConfig.from_dict({"data": data})
@@ -162,4 +162,8 @@ def resolve_finetune_config(
     config.train.init_from = str(source)
     config.train.freeze_until = freeze_until
     config.train.layer_decay = layer_decay
+    if pretrained.test_split and same_folder(pretrained.test_split[0], dataset):
+        # The same image folder: hold out the images the source held out (it trained on the others), unless
+        # --seed or data.test_fraction say otherwise.
+        config.data.test_fraction, config.train.seed = pretrained.test_split[1:]
     return _finish(config, epochs, time_budget, seed, overrides)

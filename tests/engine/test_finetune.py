@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.helpers import tiny_config
+from tests.helpers import grey_image_folder, tiny_config
 from vitlab.engine.checkpoint import save_checkpoint
 from vitlab.engine.finetune import freeze_until, layer_scale
 from vitlab.engine.train import Trainer, prepare_run_dir
@@ -46,6 +46,20 @@ def test_finetune_takes_the_data_sets_augmentation_and_keeps_its_own_training_se
     assert digits.data.affine and not digits.data.hflip
     assert photos.train.lr == digits.train.lr  # training settings: fine-tuning's own, whatever the data
     assert photos.model.num_classes == 2 and photos.model.embed_dim == 32  # the source's model, a new head
+
+
+def test_finetune_on_the_source_folder_holds_out_the_images_the_source_held_out(tmp_path):
+    # Another split of the same folder would test on images the source model trained on.
+    photos, others = grey_image_folder(tmp_path / "photos"), grey_image_folder(tmp_path / "others")
+    info = INFO | {"class_names": ["a", "b"], "dataset": str(photos), "test_split": {"fraction": 0.3, "seed": 5}}
+    save_checkpoint(tmp_path / "source.safetensors", ViT(tiny_config(num_classes=2)), info)
+    source = str(tmp_path / "source.safetensors")
+    same = resolve_finetune_config(source=source, dataset=str(photos))
+    assert (same.data.test_fraction, same.train.seed) == (0.3, 5)
+    chosen = resolve_finetune_config(source=source, dataset=str(photos), seed=1, overrides=["test_fraction=0.5"])
+    assert (chosen.data.test_fraction, chosen.train.seed) == (0.5, 1)  # what the user says wins
+    other = resolve_finetune_config(source=source, dataset=str(others))
+    assert (other.data.test_fraction, other.train.seed) == (0.2, 0)
 
 
 def test_freezing_and_layer_decay_shape_the_optimiser(tmp_path, source):

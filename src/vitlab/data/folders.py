@@ -55,6 +55,13 @@ def is_image_folder(name: str) -> bool:
     return os.sep in name or name.startswith(".") or Path(name).is_dir()
 
 
+def same_folder(first: str, second: str) -> bool:
+    """Whether two --dataset values name the same image folder (not a named data set)."""
+    if not (first and second and is_image_folder(first) and is_image_folder(second)):
+        return False
+    return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
+
+
 def class_folders(root: Path) -> list[Path]:
     """The class sub-folders of a split folder, sorted by name; errors if there are none."""
     if not root.is_dir():

@@ -150,3 +150,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
+
+
+def recorded_test_split(metadata: dict[str, Any], checkpoint: str | Path) -> tuple[float, int] | None:
+    """(test fraction, seed) that split the image folder the checkpoint's run trained on, when known: from
+    the checkpoint, or for one from before it was recorded, from the run's config.yaml beside it."""
+    from vitlab.config import RunConfig, load_yaml
+
+    if "test_split" in metadata:
+        return float(metadata["test_split"]["fraction"]), int(metadata["test_split"]["seed"])
+    path = Path(checkpoint)
+    run_config = path / "config.yaml" if path.is_dir() else path.parent.parent / "config.yaml"
+    if not run_config.is_file():
+        return None
+    config = RunConfig.from_dict(load_yaml(run_config))
+    return config.data.test_fraction, config.train.seed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from vitlab.engine.checkpoint import (
     exported_file_error,
     load_tensors,
     model_config_from_metadata,
+    recorded_test_split,
     resolve_checkpoint,
 )
 from vitlab.errors import CheckpointError
@@ -19,8 +21,17 @@ from vitlab.models.convert import load_foreign
 from vitlab.models.posenc import resample_grid_table
 
 
-def read_source(source: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str] | None]:
-    """Config, weights and class names of a vitlab checkpoint/run, a Hugging Face folder or a timm file."""
+class PretrainedSource(NamedTuple):
+    """Weights to start from, with their architecture and class names (None where not recorded)."""
+
+    config: ModelConfig
+    state: dict[str, torch.Tensor]
+    class_names: list[str] | None
+    test_split: tuple[str, float, int] | None  # a vitlab run's image folder, test fraction and seed
+
+
+def read_source(source: str | Path) -> PretrainedSource:
+    """A vitlab checkpoint/run, a Hugging Face folder or a timm file, read as a starting point."""
     path = Path(source)
     if path.suffix == ".onnx":
         raise exported_file_error(path)
@@ -33,10 +44,16 @@ def read_source(source: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor
             if path.is_dir():
                 raise
             converted = load_foreign(path)  # a timm state dict saved as safetensors
-            return converted.config, converted.state, converted.class_names
-        return model_config_from_metadata(metadata, checkpoint), state, metadata.get("class_names")
+            return PretrainedSource(converted.config, converted.state, converted.class_names, None)
+        split = recorded_test_split(metadata, path)
+        return PretrainedSource(
+            model_config_from_metadata(metadata, checkpoint),
+            state,
+            metadata.get("class_names"),
+            (metadata.get("dataset", ""), *split) if split else None,
+        )
     converted = load_foreign(path)
-    return converted.config, converted.state, converted.class_names
+    return PretrainedSource(converted.config, converted.state, converted.class_names, None)
 
 
 def adapt_state(

@@ -185,11 +185,12 @@ class Trainer:
 
     def start_from_pretrained(self, source: str) -> None:
         """Initialise from another model's weights, adapted to this model's grid and classes."""
-        source_config, state, source_classes = read_source(source)
-        keep_head = source_config.num_classes == self.config.model.num_classes and (
-            source_classes is None or list(source_classes) == list(self.class_names)
+        pretrained = read_source(source)
+        keep_head = pretrained.config.num_classes == self.config.model.num_classes and (
+            pretrained.class_names is None or list(pretrained.class_names) == list(self.class_names)
         )
-        load_pretrained(self.model, adapt_state(state, source_config, self.config.model, keep_head), source)
+        adapted = adapt_state(pretrained.state, pretrained.config, self.config.model, keep_head)
+        load_pretrained(self.model, adapted, source)
 
     # ----- run directory --------------------------------------------------------------------
     @property
