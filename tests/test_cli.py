@@ -144,6 +144,14 @@ def test_eval_holds_out_the_images_a_folder_run_held_out(tmp_path, monkeypatch, 
     assert cli.trained_test_split(recorded, str(folder), str(tmp_path / "elsewhere.safetensors")) == (0.2, 0)
     assert "does not say how its image folder was split" in capsys.readouterr().err
     assert cli.trained_test_split(recorded, "mnist", str(run_dir)) == (0.2, 0)  # another data set: its own split
+    # A folder that changes is split anew: eval and a resume say that the test images are not the same.
+    assert "has changed" not in vitlab("eval", run_dir, env=env).stderr
+    assert "has changed" not in vitlab("train", "--resume", run_dir, "--epochs", 2, "--quiet", env=env).stderr
+    Image.new("L", (12, 10), 90).save(folder / "a" / "late.png")
+    changed = vitlab("eval", run_dir, env=env).stderr
+    assert f"vitlab: note: {folder} has changed since the model trained on it" in changed
+    resumed = vitlab("train", "--resume", run_dir, "--epochs", 3, "--quiet", env=env)
+    assert f"vitlab: note: {folder} has changed since this run began" in resumed.stderr
 
 
 def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):

@@ -258,6 +258,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if len(data.class_names) != num_classes:
         raise ConfigError(f"the model has {num_classes} classes but {name} has {len(data.class_names)}")
+    trained_state = metadata.get("folder_state")
+    if trained_state and data.folder_state and data.folder_state != trained_state and is_trained_folder(metadata, name):
+        print(
+            f"vitlab: note: {name} has changed since the model trained on it; its test split changed with it "
+            "and may include images the model trained on",
+            file=sys.stderr,
+        )
     trained_names = list(metadata.get("class_names") or data.class_names)
     if trained_names != list(data.class_names):
         print(
@@ -309,11 +316,10 @@ def trained_test_split(metadata: dict, dataset: str, checkpoint: str) -> tuple[f
     An image folder without train/ and test/ is split at random: scored on another draw, the test images
     would include ones the model trained on."""
     from vitlab.config import DataConfig
-    from vitlab.data.folders import same_folder
     from vitlab.engine.checkpoint import recorded_test_split
 
     default = DataConfig().test_fraction, 0
-    if not same_folder(metadata.get("dataset", ""), dataset):
+    if not is_trained_folder(metadata, dataset):
         return default
     recorded = recorded_test_split(metadata, checkpoint)
     if recorded is None:
@@ -323,6 +329,13 @@ def trained_test_split(metadata: dict, dataset: str, checkpoint: str) -> tuple[f
             file=sys.stderr,
         )
     return recorded or default
+
+
+def is_trained_folder(metadata: dict, dataset: str) -> bool:
+    """Whether `dataset` is the image folder the checkpoint's run trained on."""
+    from vitlab.data.folders import same_folder
+
+    return same_folder(metadata.get("dataset", ""), dataset)
 
 
 def trained_data_dir(metadata: dict, dataset: str) -> str:

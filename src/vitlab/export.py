@@ -85,7 +85,7 @@ def export_onnx(model: nn.Module, metadata: dict[str, Any], path: Path, fixed_ba
         except Exception as exc:  # the exporter raises many types; report it in one line
             raise ExportError(f"ONNX export failed: {str(exc).splitlines()[0][:300]}") from None
         proto = program.model_proto
-        for key in ("class_names", "mean", "std", "dataset", "test_split"):
+        for key in ("class_names", "mean", "std", "dataset", "test_split", "folder_state"):
             if key in metadata:
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = f"vitlab.{key}", json.dumps(metadata[key])

@@ -32,6 +32,7 @@ class Splits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     notes: list[str]
+    folder_state: str = ""  # an image folder's state (folders.FolderState): it changes with any file in it
 
 
 def input_shape(dataset: str) -> tuple[int, int]:
@@ -80,7 +81,7 @@ def open_dataset(
             loaded[split] = ImageDataset(part.images, part.labels, class_names)
         train = loaded.get("train", empty)
         mean, std = channel_statistics(train.images) if len(train) else ((0.5,) * channels, (0.25,) * channels)
-        result = Splits(data.dataset, train, loaded.get("test", empty), class_names, mean, std, notes)
+        result = Splits(data.dataset, train, loaded.get("test", empty), class_names, mean, std, notes, source.state)
     else:
         info = dataset_info(data.dataset)
         parts = {

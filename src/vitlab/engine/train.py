@@ -131,6 +131,13 @@ class Trainer:
         self.train_set: ImageDataset = data.train
         self.test_set: ImageDataset = data.test
         self.notes = list(data.notes)
+        self.folder_state = data.folder_state
+        began_with = self.recorded_folder_state() if resuming else None
+        if began_with and data.folder_state and data.folder_state != began_with:
+            self.notes.append(
+                f"{config.data.dataset} has changed since this run began; its train/test split changed with it, so "
+                "test scores from before and after this resume do not compare (and may count images trained on)"
+            )
         if config.model.num_classes != len(data.class_names):
             raise ConfigError(
                 f"model.num_classes={config.model.num_classes} but {data.name} has {len(data.class_names)} classes"
@@ -165,6 +172,13 @@ class Trainer:
             self.train_module = compiled(self.train_module, self.device)
         self.train_images = self.train_set.images.to(self.device)
         self.train_labels = self.train_set.labels.to(self.device)
+
+    def recorded_folder_state(self) -> str | None:
+        """The image folder's state when the run began (run.json), None when not recorded."""
+        try:
+            return json.loads((self.run_dir / "run.json").read_text()).get("folder_state")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def note_left_out_images(self) -> None:
         """Batches are whole, so each epoch leaves the remainder out (a different one each time): say so when
@@ -208,6 +222,7 @@ class Trainer:
             "mean": list(self.mean),
             "std": list(self.std),
             "precision": "bf16" if self.dtype else "fp32",  # how the epoch scores were computed: `vitlab eval` follows
+            "folder_state": self.folder_state,  # eval says when the folder, and so its split, has changed since
             "preset": self.config.preset,
             "epoch": epoch,
             "metrics": metrics,
@@ -443,6 +458,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "device": str(self.device),
             "precision": "bf16" if self.dtype else "fp32",
+            "folder_state": self.folder_state,
             "threads": self.threads,
             "processes": self.world.size,
             "torch": torch.__version__,
