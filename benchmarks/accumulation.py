@@ -30,7 +30,7 @@ MICRO_BATCHES = (1, 2, 4, 8)
 
 def measure(batch: int, micro_batches: int, steps: int, preset: str, extra: list[str]) -> dict:
     """One point, in this process: seconds per step, the first step's gradient norm and peak memory."""
-    from vitlab.engine.runtime import reuse_freed_memory
+    from vitlab.engine.runtime import precision_name, reuse_freed_memory
     from vitlab.engine.train import Trainer, prepare_run_dir
     from vitlab.recipes import resolve_run_config
 
@@ -65,7 +65,7 @@ def measure(batch: int, micro_batches: int, steps: int, preset: str, extra: list
         "gradient_norm": gradient_norm,
         "peak_mb": peak_rss_mb(),
         "before_mb": before,
-        "precision": "bf16" if trainer.dtype else "fp32",
+        "precision": precision_name(trainer.dtype),
     }
 
 

@@ -65,7 +65,7 @@ def _default_run_dir(label: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.engine.distributed import init_process_group, shutdown, world_from_environment
-    from vitlab.engine.runtime import resolve_device
+    from vitlab.engine.runtime import precision_name, resolve_device
     from vitlab.engine.train import EpochStats, start_new_run, trainer_for_resume
     from vitlab.interrupts import stopped_by_ctrl_c
     from vitlab.launch import interrupted_message, launched_worker
@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {trained_on} "
             f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
-            f"device {trainer.device}, {'bf16' if trainer.dtype else 'fp32'}, {workers}; run dir {run_dir}",
+            f"device {trainer.device}, {precision_name(trainer.dtype)}, {workers}; run dir {run_dir}",
             file=sys.stderr,
         )
     for note in trainer.notes if world.is_main else []:
@@ -224,10 +224,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.data.datasets import open_dataset
     from vitlab.engine.checkpoint import load_checkpoint
     from vitlab.engine.evaluate import batched_logits, evaluate, scores_from_logits
-    from vitlab.engine.runtime import autocast_dtype, configure_cpu, resolve_device
+    from vitlab.engine.runtime import autocast_dtype, configure_cpu, precision_name, resolve_device
     from vitlab.terminal import counting_bar
 
-    exported = None
+    exported, dtype = None, None  # an ONNX file runs in fp32
     if Path(args.checkpoint).suffix == ".onnx":
         from vitlab.export import OnnxClassifier
 
@@ -294,7 +294,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     payload = {
         "checkpoint": str(args.checkpoint),
         "dataset": name,
-        "precision": "fp32" if exported is not None or dtype is None else "bf16",
+        "precision": precision_name(dtype),
         **scores.to_dict(data.class_names),
     }
     if args.json:

@@ -47,6 +47,11 @@ def autocast_dtype(precision: str, device: torch.device, option: str = "train.pr
     return torch.bfloat16 if supported else None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a run, a checkpoint or `vitlab eval` names an autocast dtype from autocast_dtype: 'bf16' or 'fp32'."""
+    return "fp32" if dtype is None else "bf16"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """An autocast context for `dtype`, or a no-op for fp32."""
     if dtype is None:

@@ -41,7 +41,14 @@ from vitlab.engine.distributed import (
 )
 from vitlab.engine.evaluate import EvalResult, predict_logits, scores_from_logits
 from vitlab.engine.finetune import adapt_state, freeze_until, layer_scale, load_pretrained, read_source
-from vitlab.engine.runtime import autocast, autocast_dtype, compiled, configure_cpu, resolve_device
+from vitlab.engine.runtime import (
+    autocast,
+    autocast_dtype,
+    compiled,
+    configure_cpu,
+    precision_name,
+    resolve_device,
+)
 from vitlab.engine.schedule import warmup_cosine
 from vitlab.errors import CheckpointError, ConfigError, VitlabError
 from vitlab.interrupts import raise_swallowed_interrupt
@@ -221,7 +228,7 @@ class Trainer:
             "class_names": list(self.class_names),
             "mean": list(self.mean),
             "std": list(self.std),
-            "precision": "bf16" if self.dtype else "fp32",  # how the epoch scores were computed: `vitlab eval` follows
+            "precision": precision_name(self.dtype),  # how the epoch scores were computed: `vitlab eval` follows
             "folder_state": self.folder_state,  # eval says when the folder, and so its split, has changed since
             "preset": self.config.preset,
             "epoch": epoch,
@@ -457,7 +464,7 @@ class Trainer:
             "test_images": len(self.test_set),
             "steps_per_epoch": self.steps_per_epoch,
             "device": str(self.device),
-            "precision": "bf16" if self.dtype else "fp32",
+            "precision": precision_name(self.dtype),
             "folder_state": self.folder_state,
             "threads": self.threads,
             "processes": self.world.size,
