@@ -652,7 +652,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def byte_size(count: int) -> str:
-    """'512 B', '1.2 MB', '7.50 GB' (powers of 1000, as disks are sold)."""
+    """'512 B', '1.05 kB', '7.5 GB': three significant digits, in powers of 1000 (as disks are sold)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if count >= scale:
             return f"{count / scale:.3g} {unit}"

@@ -134,7 +134,7 @@ def test_a_damaged_cache_entry_is_decoded_again_and_replaced(tmp_path, capsys, d
         assert folders._read_cache(entry, 3, 16) is not None
 
 
-def test_the_cache_lists_its_entries_and_a_changed_folder_retires_its_old_ones(tmp_path):
+def test_the_cache_lists_its_entries_and_a_changed_folder_retires_its_old_ones(tmp_path, monkeypatch):
     root, other = make_folder(tmp_path / "data", per_class=4), make_folder(tmp_path / "other", per_class=3)
     open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16, seed=0)
     open_dataset(DataConfig(dataset=str(root), test_fraction=0.25), 3, 16, seed=1)  # another split: kept
@@ -167,6 +167,7 @@ def test_the_cache_lists_its_entries_and_a_changed_folder_retires_its_old_ones(t
     (abandoned / "images.u8").parent.mkdir()
     (abandoned / "images.u8").write_bytes(b"half")
     assert len(folders.cache_entries()) == 4  # neither is listed
+    monkeypatch.setattr(folders, "folder_state", lambda *a: pytest.fail("clearing lists a folder again"))
     assert len(folders.clear_cache()) == 4
     assert list((tmp_path / "cache" / "folders").iterdir()) == [writing] and folders.cache_entries() == []
 

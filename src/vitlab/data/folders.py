@@ -296,15 +296,16 @@ class CacheEntry:
     shape: str  # channels x size x size, or "" when not recorded
     bytes: int
     last_used: float  # seconds since the epoch
-    outdated: bool  # its folder is there but has changed since: no run will read this entry again
+    outdated: bool | None  # its folder is there but has changed since: no run will read this entry again
 
 
-def cache_entries(of_folder: FolderState | None = None) -> list[CacheEntry]:
+def cache_entries(of_folder: FolderState | None = None, judge: bool = True) -> list[CacheEntry]:
     """The decoded splits under cache_root(), most recently used first (entries still being written left out);
     with `of_folder`, only that folder's, judged against that state of it without listing it again.
 
     An entry is outdated when its folder's state differs from the current one. A folder that is not there
-    may be on a drive not mounted now: its entries are not called outdated.
+    may be on a drive not mounted now: its entries are not called outdated. Without `judge`, no folder is
+    listed again and `outdated` is None.
     """
     states = {of_folder.root: of_folder.state} if of_folder else {}
 
@@ -335,8 +336,8 @@ def cache_entries(of_folder: FolderState | None = None) -> list[CacheEntry]:
             size_on_disk = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         except OSError:  # deleted meanwhile by another run
             continue
-        now = state_now(folder) if folder else None
-        outdated = now is not None and now != index.get("folder_state")
+        now = state_now(folder) if folder and judge else None
+        outdated = (now is not None and now != index.get("folder_state")) if judge else None
         entries.append(
             CacheEntry(
                 path=path,
@@ -354,7 +355,7 @@ def cache_entries(of_folder: FolderState | None = None) -> list[CacheEntry]:
 def clear_cache() -> list[CacheEntry]:
     """Delete every decoded split in the cache, and what a writer that was killed left half-written (not
     what a live process is writing); the finished entries deleted."""
-    entries = cache_entries()
+    entries = cache_entries(judge=False)  # all go, outdated or not: no folder need be listed again
     for entry in entries:
         shutil.rmtree(entry.path, ignore_errors=True)
     base = cache_root() / "folders"
