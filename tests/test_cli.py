@@ -20,6 +20,7 @@ from vitlab import cli, terminal
 from vitlab.cli import byte_size
 from vitlab.cli import main as vitlab_main
 from vitlab.config import DataConfig
+from vitlab.cores import available_cores
 from vitlab.data.datasets import open_dataset
 from vitlab.data.sources import load_split
 from vitlab.engine import compare as compare_engine
@@ -27,6 +28,8 @@ from vitlab.engine.runtime import autocast_dtype
 from vitlab.export import OnnxClassifier
 
 QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
+# --nproc runs CPU processes (gloo) here, also on a machine with a GPU: one GPU cannot take two processes.
+NPROC_QUICK = [*QUICK, "train.device=cpu"]
 
 
 def vitlab(*args, check=True, env=None):
@@ -509,12 +512,15 @@ def test_export_onnx_then_predict_with_it(trained_run, tmp_path):
     assert top_onnx["class"] == top_torch["class"]
     assert abs(top_onnx["probability"] - top_torch["probability"]) < 1e-4
     scored_onnx = json.loads(vitlab("eval", tmp_path / "m.onnx", "--json").stdout)
-    scored_torch = json.loads(vitlab("eval", run_dir, "--json").stdout)
+    scored_torch = json.loads(vitlab("eval", run_dir, "--precision", "fp32", "--json").stdout)  # as onnxruntime
     assert scored_onnx["num_examples"] == scored_torch["num_examples"] == 10000
     assert abs(scored_onnx["accuracy"] - scored_torch["accuracy"]) <= 2e-4  # a near-tie may flip, no more
     assert abs(scored_onnx["loss"] - scored_torch["loss"]) < 1e-4
     assert scored_onnx["precision"] == "fp32"
     _assert_clean_error(vitlab("eval", tmp_path / "m.onnx", "--precision", "bf16", check=False), "drop --precision")
+    _assert_clean_error(
+        vitlab("eval", tmp_path / "m.onnx", "--device", "cuda", check=False), "onnxruntime, not on cuda"
+    )
     for command in (["info"], ["finetune", "--dataset", "mnist"]):
         refused = vitlab(command[0], tmp_path / "m.onnx", *command[1:], check=False)
         _assert_clean_error(refused, "is an exported ONNX file")
@@ -568,12 +574,13 @@ def test_nproc_launches_two_processes_through_torchrun(tmp_path):
         run_dir,
         "--quiet",
         "--no-report",
-        *QUICK,
+        *NPROC_QUICK,
         env={"TMPDIR": str(temp)},
     )
     headers = [line for line in result.stderr.splitlines() if line.startswith("training mnist-tiny")]
     precision = "bf16" if autocast_dtype("auto", torch.device("cpu")) else "fp32"  # what auto picks on this CPU
-    assert len(headers) == 1 and f"{precision}, 2 processes x 1 thread; run dir" in headers[0]  # rank 1 is silent
+    threads = terminal.counted(max(1, available_cores() // 2), "thread")  # each process's share of the cores
+    assert len(headers) == 1 and f"{precision}, 2 processes x {threads}; run dir" in headers[0]  # rank 1 is silent
     assert result.stdout.count("test accuracy") == 1
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
     assert "OMP_NUM_THREADS" not in result.stderr  # torchrun's banner about threads, set by us instead
@@ -588,11 +595,25 @@ def test_nproc_checks_its_arguments_before_starting_processes(trained_run, tmp_p
     _assert_clean_error(vitlab("train", "--nproc", 2, "--resume", tmp_path, check=False), "not a run directory")
 
 
+def test_nproc_on_a_machine_with_fewer_gpus_says_so_before_starting_processes(tmp_path, monkeypatch, capsys):
+    # On one GPU, --nproc 2 started two processes and the second died in torch.cuda.set_device(1) with a
+    # traceback. Seen as a machine with one GPU: no process may start.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    monkeypatch.setattr("vitlab.launch.run_processes", lambda *args: pytest.fail("processes were started"))
+    assert vitlab_main(["train", "--nproc", "2", "--out", str(tmp_path / "run"), *QUICK]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "2 training processes on this machine need a GPU each, and it has 1" in error
+    assert "train.device=cpu" in error
+
+
 def test_an_error_inside_the_nproc_workers_is_printed_once_without_torchruns_report(tmp_path, monkeypatch):
     # Found only once the processes open the data: every worker meets it, the launcher prints it once.
     junk = unreadable_image_folder(tmp_path / "junk")
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
-    result = vitlab("train", "--dataset", junk, "--nproc", 2, "--out", tmp_path / "run", check=False)
+    result = vitlab(
+        "train", "--dataset", junk, "--nproc", 2, "--out", tmp_path / "run", "train.device=cpu", check=False
+    )
     _assert_clean_error(result, "could be read")
 
 
@@ -634,7 +655,7 @@ def test_ctrl_c_under_nproc_says_once_how_to_resume(tmp_path):
     # A terminal's Ctrl-C reaches the launcher's process group: the launcher, which is torchrun's agent and
     # stops the workers (torchrun starts each in a session of its own).
     run_dir = tmp_path / "run"
-    args = ["train", "--nproc", 2, "--epochs", 50, "--out", run_dir, "--quiet", *QUICK]
+    args = ["train", "--nproc", 2, "--epochs", 50, "--out", run_dir, "--quiet", *NPROC_QUICK]
     launcher = _start_in_own_group(args)
     try:
         deadline = time.monotonic() + 120
@@ -660,7 +681,7 @@ def test_ctrl_c_while_a_run_starts_up_prints_one_line_and_no_traceback(tmp_path,
     # while workers import): there torchrun's own Ctrl-C handling sent SIGINT on to half-started
     # workers, each of which printed Python's traceback (most runs, before 2026-11-30).
     run_dir = tmp_path / "run"
-    args = ["train", "--nproc", nproc, "--epochs", 50, "--out", run_dir, "--quiet", *QUICK]
+    args = ["train", "--nproc", nproc, "--epochs", 50, "--out", run_dir, "--quiet", *NPROC_QUICK]
     process = _start_in_own_group(args)
     try:
         if isinstance(moment, str):
@@ -698,7 +719,7 @@ def test_a_ctrl_c_that_went_through_an_exec_still_exits_130(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the worker through /proc")
 def test_a_worker_killed_by_a_signal_is_named_by_the_launcher(tmp_path):
     # As when the kernel's out-of-memory killer ends a worker: the launcher says which and how.
-    args = ["train", "--nproc", 2, "--epochs", 50, "--out", tmp_path / "run", "--quiet", *QUICK]
+    args = ["train", "--nproc", 2, "--epochs", 50, "--out", tmp_path / "run", "--quiet", *NPROC_QUICK]
     launcher = subprocess.Popen([sys.executable, "-m", "vitlab", *map(str, args)], stderr=subprocess.PIPE, text=True)
     try:
         worker = _child_with_rank(launcher.pid, rank=1)
@@ -736,7 +757,7 @@ def test_workers_never_outlive_their_launcher(tmp_path, how, moment):
     # Workers run in sessions of their own: a launcher killed outright, or one stopped while it was still
     # starting them (before torchrun's agent knew them all), left them training on, unseen.
     run_dir = str(tmp_path / "run")
-    launcher = _start_in_own_group(["train", "--nproc", 2, "--epochs", 50, "--out", run_dir, "--quiet", *QUICK])
+    launcher = _start_in_own_group(["train", "--nproc", 2, "--epochs", 50, "--out", run_dir, "--quiet", *NPROC_QUICK])
     try:
         _child_with_rank(launcher.pid, rank=1 if moment == "training" else 0, poll=0.001)
         time.sleep(2 if moment == "training" else 0)

@@ -1,6 +1,6 @@
 import pytest
 
-from vitlab.config import RunConfig, apply_overrides, load_yaml, parse_duration, save_yaml
+from vitlab.config import RunConfig, apply_overrides, load_run_config, parse_duration, save_yaml
 from vitlab.errors import ConfigError
 from vitlab.recipes import resolve_run_config
 
@@ -8,7 +8,7 @@ from vitlab.recipes import resolve_run_config
 def test_yaml_round_trip_keeps_every_field(tmp_path):
     config = resolve_run_config(preset="cifar-tiny", dataset="mnist", epochs=3, seed=7, overrides=["model.pool=map"])
     save_yaml(config, tmp_path / "c.yaml")
-    again = RunConfig.from_dict(load_yaml(tmp_path / "c.yaml"))
+    again = load_run_config(tmp_path / "c.yaml")
     assert again == config
     assert again.model.in_channels == 1  # the data set decides the input channels
     assert again.model.patch_size == 4 and again.model.pool == "map" and again.train.seed == 7

@@ -63,11 +63,9 @@ class Classifier:
 
         path = Path(path)
         if path.suffix == ".onnx":
-            from vitlab.export import OnnxClassifier
+            from vitlab.export import OnnxClassifier, onnx_device
 
-            if device not in ("auto", "cpu"):
-                raise ConfigError(f"an ONNX file runs on the CPU through onnxruntime, not on {device}")
-            self.device = torch.device("cpu")
+            self.device = onnx_device(device)
             self._onnx = OnnxClassifier(path)
             self.metadata: dict[str, Any] = self._onnx.metadata
             self.channels, self.img_size = self._onnx.channels, self._onnx.img_size

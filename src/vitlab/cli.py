@@ -189,6 +189,8 @@ def refuse_changes_on_resume(args: argparse.Namespace) -> None:
 
 def launch_processes(args: argparse.Namespace) -> int:
     """Re-run this command as --nproc training processes, after the checks that need doing only once."""
+    from vitlab.engine.distributed import check_a_gpu_each
+    from vitlab.engine.runtime import resolve_device
     from vitlab.engine.train import check_new_run_dir, saved_config_path
     from vitlab.launch import run_processes
 
@@ -196,9 +198,10 @@ def launch_processes(args: argparse.Namespace) -> int:
     if args.resume:
         saved_config_path(Path(args.resume))
     else:
-        _, label, _ = _new_run_config(args)
+        config, label, _ = _new_run_config(args)
         if args.out:
             check_new_run_dir(Path(args.out))
+        check_a_gpu_each(args.nproc, resolve_device(config.train.device).type)
     argv = list(sys.argv[1:])
     while "--nproc" in argv:  # drop "--nproc N" / "--nproc=N": the children are the processes
         index = argv.index("--nproc")
@@ -222,17 +225,16 @@ def _report_error(message: str) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.config import DataConfig
     from vitlab.data.datasets import open_dataset
-    from vitlab.engine.checkpoint import load_checkpoint
+    from vitlab.engine.checkpoint import load_checkpoint, scoring_precision
     from vitlab.engine.evaluate import batched_logits, evaluate, scores_from_logits
     from vitlab.engine.runtime import autocast_dtype, configure_cpu, precision_name, resolve_device
     from vitlab.terminal import counting_bar
 
     exported, dtype = None, None  # an ONNX file runs in fp32
     if Path(args.checkpoint).suffix == ".onnx":
-        from vitlab.export import OnnxClassifier
+        from vitlab.export import OnnxClassifier, onnx_device
 
-        if args.device not in ("auto", "cpu"):
-            raise ConfigError("an ONNX file runs on the CPU through onnxruntime; drop --device")
+        onnx_device(args.device)
         if args.precision not in (None, "fp32"):
             raise ConfigError("an ONNX file runs in fp32 through onnxruntime; drop --precision")
         exported = OnnxClassifier(args.checkpoint)
@@ -243,9 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         model, metadata = load_checkpoint(args.checkpoint)
         device = resolve_device(args.device, "--device")  # a device that is not there fails before data is read
-        # By default as the run scored its epochs: a run trained in fp32 is scored in fp32 even where bf16 is.
-        precision = args.precision or ("fp32" if metadata.get("precision") == "fp32" else "auto")
-        dtype = autocast_dtype(precision, device, "--precision")
+        dtype = autocast_dtype(args.precision or scoring_precision(metadata), device, "--precision")
         channels, img_size, num_classes = model.config.in_channels, model.config.img_size, model.config.num_classes
     name = args.dataset or metadata.get("dataset", "mnist")
     fraction, seed = trained_test_split(metadata, name, args.checkpoint)
@@ -661,13 +661,15 @@ def byte_size(count: int) -> str:
 
 # ----- parser ------------------------------------------------------------------------------------
 def version_line() -> str:
-    """'vitlab X.Y.Z (torch A.B.C, Python D.E.F)', read from the installed packages without importing torch."""
+    """'vitlab X.Y.Z (torch A.B.C+BUILD, Python D.E.F)'. torch's own version string names its build (+cpu,
+    +cu130), which its package metadata leaves out; importing torch costs a second, here only."""
     import platform
-    from importlib.metadata import version
+
+    import torch
 
     from vitlab import __version__
 
-    return f"vitlab {__version__} (torch {version('torch')}, Python {platform.python_version()})"
+    return f"vitlab {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 class _VersionAction(argparse.Action):

@@ -363,6 +363,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def load_run_config(path: str | Path) -> RunConfig:
+    """A config.yaml that save_yaml wrote (or a user's YAML file), read back into a RunConfig."""
+    return RunConfig.from_dict(load_yaml(path))
+
+
 def save_yaml(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: a resumed run rewrites it)."""
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vitlab.atomic import atomic_path
-from vitlab.errors import CheckpointError, VitlabError
+from vitlab.errors import CheckpointError, ConfigError, VitlabError
 
 ONNX_TOLERANCE = 1e-4
 
@@ -112,6 +112,13 @@ def export_torchscript(model: nn.Module, path: Path) -> ExportResult:
         check = _example(model, 5)
         diff = float((torch.jit.load(str(tmp))(check) - model(check)).abs().max())
     return ExportResult(path, "torchscript", diff)
+
+
+def onnx_device(device: str) -> torch.device:
+    """The device an exported ONNX file runs on, the CPU (through onnxruntime), when `device` allows it."""
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"an ONNX file runs on the CPU through onnxruntime, not on {device}")
+    return torch.device("cpu")
 
 
 class OnnxClassifier:

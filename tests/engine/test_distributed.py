@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from vitlab.engine.checkpoint import load_checkpoint
-from vitlab.engine.distributed import World, gather_rows, shard, shard_range
+from vitlab.engine.distributed import World, check_a_gpu_each, gather_rows, init_process_group, shard, shard_range
 from vitlab.engine.train import Trainer, prepare_run_dir, trainer_for_resume
+from vitlab.errors import ConfigError
 from vitlab.recipes import resolve_run_config
 
 # fp32 and no augmentation or dropout: the only differences left are the order of floating-point sums.
@@ -25,6 +27,7 @@ OVERRIDES = [
     "train.lr=0.0005",
     "train.warmup_epochs=0",
     "train.label_smoothing=0",
+    "train.device=cpu",  # gloo between CPU processes, also where there is a GPU
 ]
 # Summation order differs between one and two processes. In this gentle regime (small lr, no warm-up)
 # the same noise from 1 versus 2 threads in one process moves the weights by ~4e-6 (mean relative);
@@ -126,3 +129,14 @@ def test_a_two_process_run_resumes_in_one_process(tmp_path):
     assert resumed.start_epoch == 2 and resumed.world.size == 1
     resumed.run()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_process_without_a_gpu_of_its_own_is_refused_before_cuda_is_asked_for_it(monkeypatch):
+    # torchrun started two processes on a machine with one GPU: the second used to fail inside
+    # torch.cuda.set_device(1) with CUDA's "invalid device ordinal" and a traceback.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail(f"set_device({index}) was called"))
+    with pytest.raises(ConfigError, match="2 training processes on this machine need a GPU each, and it has 1"):
+        init_process_group(World(rank=1, size=2, local_rank=1), "cuda")
+    check_a_gpu_each(1, "cuda")  # one process for the one GPU
+    check_a_gpu_each(4, "cpu")  # CPU processes need no GPU

@@ -29,7 +29,7 @@ def test_finetune_starts_from_the_source_weights_with_a_new_head_and_resampled_p
     prepare_run_dir(config, tmp_path / "run")
     trainer = Trainer(config, tmp_path / "run")
     model = trainer.model
-    torch.testing.assert_close(model.blocks[1].mlp.fc1.weight, pretrained.blocks[1].mlp.fc1.weight)
+    torch.testing.assert_close(model.blocks[1].mlp.fc1.weight.cpu(), pretrained.blocks[1].mlp.fc1.weight)
     assert model.pos_embed.shape == (1, 36, 32)  # 6x6 grid at 42 px, resampled from 4x4
     assert torch.count_nonzero(model.head.weight) == 0  # a fresh head for the new classes
     result = trainer.run()

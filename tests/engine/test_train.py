@@ -105,7 +105,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     trainer.run()
     model, metadata = load_checkpoint(tmp_path / "run")
     images = torch.randn(8, 1, 28, 28)
-    trainer.model.eval()
+    trainer.model.cpu().eval()  # where the run trained on a GPU, compared on the CPU
     torch.testing.assert_close(model(images), trainer.model(images), rtol=0, atol=0)
     assert metadata["class_names"] == [str(i) for i in range(10)]
     assert metadata["dataset"] == "mnist"
@@ -148,7 +148,7 @@ def test_ema_weights_are_evaluated_and_saved_beside_the_raw_weights(tmp_path):
     assert stats.ema_test_accuracy is not None and 0.0 <= stats.ema_test_accuracy <= 1.0
     ema, metadata = load_checkpoint(tmp_path / "run" / "checkpoints" / "ema.safetensors")
     assert metadata["weights"] == "ema"
-    raw = trainer.model.state_dict()
+    raw = {name: value.cpu() for name, value in trainer.model.state_dict().items()}
     assert any(not torch.equal(value, raw[name]) for name, value in ema.state_dict().items())
     _, best = load_checkpoint(tmp_path / "run")
     assert best["weights"] in ("raw", "ema")
@@ -198,7 +198,7 @@ def test_compiled_training_follows_the_eager_run(tmp_path):
     # In fp32 and 20 steps: the two differ by summation order alone (~1e-6 a step), and these first
     # epochs sit on a loss plateau that amplifies any difference: over 94 steps fp32 runs ended 1-3%
     # apart, bf16 ones 4% (here 20 steps: 3e-5).
-    config = {"epochs": 1, "train_images": 640, "precision": "fp32"}
+    config = {"epochs": 1, "train_images": 640, "precision": "fp32", "device": "cpu"}  # tolerances measured there
     eager = new_trainer(tmp_path, quick_config(**config), "eager").run()
     compiled = new_trainer(tmp_path, quick_config(**config, compile="true"), "compiled").run()
     assert compiled.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=1e-3)
@@ -233,7 +233,7 @@ def test_a_compiled_bf16_step_is_as_close_to_fp32_as_the_eager_one():
 def test_compiling_on_cpu_without_a_compiler_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
-        new_trainer(tmp_path, quick_config(epochs=1, compile="true"))
+        new_trainer(tmp_path, quick_config(epochs=1, compile="true", device="cpu"))
 
 
 def test_a_note_says_how_many_images_whole_batches_leave_out_and_a_batch_size_that_would_not(tmp_path):

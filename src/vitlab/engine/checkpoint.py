@@ -152,10 +152,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def scoring_precision(metadata: dict[str, Any]) -> str:
+    """The precision setting that scores a checkpoint as its run scored its epochs: fp32 for a run that
+    trained in fp32, even where bf16 is available; else auto (bf16 where the device has it)."""
+    return "fp32" if metadata.get("precision") == "fp32" else "auto"
+
+
 def recorded_test_split(metadata: dict[str, Any], checkpoint: str | Path) -> tuple[float, int] | None:
     """(test fraction, seed) that split the image folder the checkpoint's run trained on, when known: from
     the checkpoint, or for one from before it was recorded, from the run's config.yaml beside it."""
-    from vitlab.config import RunConfig, load_yaml
+    from vitlab.config import load_run_config
 
     if "test_split" in metadata:
         return float(metadata["test_split"]["fraction"]), int(metadata["test_split"]["seed"])
@@ -163,5 +169,5 @@ def recorded_test_split(metadata: dict[str, Any], checkpoint: str | Path) -> tup
     run_config = path / "config.yaml" if path.is_dir() else path.parent.parent / "config.yaml"
     if not run_config.is_file():
         return None
-    config = RunConfig.from_dict(load_yaml(run_config))
+    config = load_run_config(run_config)
     return config.data.test_fraction, config.train.seed

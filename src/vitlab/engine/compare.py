@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitlab.config import RunConfig, load_yaml
+from vitlab.config import RunConfig, load_run_config
 from vitlab.data.tensors import to_model_input
 from vitlab.engine.runtime import autocast, evaluation_mode
 from vitlab.engine.train import EpochStats, Trainer, start_new_run, trainer_for_resume
@@ -52,7 +52,7 @@ def continues_run(run_dir: Path, config: RunConfig, name: str) -> bool:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return False
-    if RunConfig.from_dict(load_yaml(saved)).to_dict() != config.to_dict():
+    if load_run_config(saved).to_dict() != config.to_dict():
         raise ConfigError(f"{run_dir.parent} holds a run of {name} with other settings; pick another --out")
     return True
 

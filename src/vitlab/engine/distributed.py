@@ -45,11 +45,22 @@ def world_from_environment() -> World:
     return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def check_a_gpu_each(processes: int, device_type: str) -> None:
+    """Training processes on CUDA take a GPU each (NCCL will not share one): refuse more than there are."""
+    gpus = torch.cuda.device_count() if device_type == "cuda" else 0
+    if device_type == "cuda" and processes > gpus:
+        raise ConfigError(
+            f"{processes} training processes on this machine need a GPU each, and it has {gpus}; "
+            f"start at most {gpus}, or set train.device=cpu to train in {processes} CPU processes"
+        )
+
+
 def init_process_group(world: World, device_type: str) -> None:
     """Join the process group: nccl between GPUs, gloo between CPU processes."""
     if not world.distributed or dist.is_initialized():
         return
     if device_type == "cuda":
+        check_a_gpu_each(world.local_rank + 1, device_type)  # torchrun started more processes than GPUs
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
 

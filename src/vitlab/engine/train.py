@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.atomic import atomic_write_text
-from vitlab.config import RunConfig, load_yaml, save_yaml
+from vitlab.config import RunConfig, load_run_config, save_yaml
 from vitlab.data.augment import augment_batch
 from vitlab.data.datasets import open_dataset
 from vitlab.data.sources import ImageDataset
@@ -626,7 +626,7 @@ def saved_config_path(run_dir: Path) -> Path:
 def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:
     """A Trainer that continues the run in run_dir from its last completed epoch (or from the start)."""
     config_path = saved_config_path(run_dir)
-    config = RunConfig.from_dict(load_yaml(config_path)).validate()
+    config = load_run_config(config_path).validate()
     if epochs is not None:
         config.train.epochs = epochs
     # A run stopped before its first epoch ended saved its config and nothing else: it starts again as it began.

@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitlab.config import RunConfig, load_yaml
+from vitlab.config import RunConfig, load_run_config
 from vitlab.data.datasets import open_dataset
 from vitlab.data.sources import ImageDataset
 from vitlab.data.tensors import num_batches, to_model_input
-from vitlab.engine.checkpoint import load_checkpoint
+from vitlab.engine.checkpoint import load_checkpoint, scoring_precision
 from vitlab.engine.evaluate import predict_logits, scores_from_logits
-from vitlab.engine.runtime import autocast_dtype
+from vitlab.engine.runtime import autocast_dtype, resolve_device
 from vitlab.engine.schedule import warmup_cosine
 from vitlab.engine.train import read_metrics
 from vitlab.errors import ConfigError
@@ -95,20 +95,25 @@ def run_facts(run_dir: Path) -> dict:
 def scored_last_checkpoint(run_dir: Path, config: RunConfig) -> tuple[nn.Module, dict, ImageDataset, torch.Tensor]:
     """The run's last checkpoint, its metadata, the test split and the checkpoint's logits on it.
 
-    Scored as the run scored each epoch, in its precision and evaluation batch, so that the report agrees
-    with metrics.jsonl and `vitlab eval` (fp32 would round the same weights' logits differently).
+    Scored as the run scored each epoch, on its device where this machine has it, in its precision and
+    evaluation batch, so that the report agrees with metrics.jsonl and `vitlab eval` (another device or
+    fp32 would round the same weights' logits differently).
     """
     model, metadata = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    try:
+        device = resolve_device(config.train.device)
+    except ConfigError:  # a GPU run reported on where there is no GPU
+        device = torch.device("cpu")
     test = open_dataset(config.data, config.model.in_channels, config.model.img_size, config.train.seed, ("test",)).test
     logits = predict_logits(
-        model,
+        model.to(device),
         test.images,
         mean=metadata["mean"],
         std=metadata["std"],
         batch_size=config.train.eval_batch_size,
-        dtype=autocast_dtype(config.train.precision, torch.device("cpu")),
+        dtype=autocast_dtype(scoring_precision(metadata), device),
     )
-    return model, metadata, test, logits
+    return model.cpu(), metadata, test, logits  # the figures of a few images are drawn on the CPU
 
 
 def build_report(run_dir: str | Path) -> Path:
@@ -116,7 +121,7 @@ def build_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir} is not a finished run directory (needs config.yaml and metrics.jsonl)")
-    config = RunConfig.from_dict(load_yaml(run_dir / "config.yaml"))
+    config = load_run_config(run_dir / "config.yaml")
     history = [vars(stats) for stats in read_metrics(run_dir)]
     if not history:
         raise ConfigError(f"{run_dir} has no finished epoch to report on")
