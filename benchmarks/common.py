@@ -51,6 +51,11 @@ def machine_line() -> str:
     )
 
 
+def gpu_machine_line() -> str:
+    """machine_line() led by the GPU PyTorch runs on, for figures measured there."""
+    return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {machine_line()}"
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB, from VmHWM (ru_maxrss would include a fork parent's)."""
     with open("/proc/self/status") as status:

@@ -23,7 +23,8 @@ Hugging Face runs with both attention settings (eager and SDPA) and the ratio is
 the faster; vitlab with its defaults (bf16 autocast where the device has bf16 units, else fp32;
 the attention kernel `model.attention=auto` picks: SDPA on CUDA, on CPU explicit under bf16 and
 in fp32 SDPA for one image and for long, wide heads: `models.vit.fused_kernel_pays`), and as its
-own row through torch.compile (`train.compile: true`; on CUDA with CUDA graphs).
+own row through torch.compile (as `train.compile: true` on CPU; on CUDA in mode reduce-overhead, with
+CUDA graphs, which `train.compile` does not use).
 Every contender gets the fused AdamW that vitlab's Trainer uses, and the whole process keeps
 freed memory of every size for reuse as every vitlab command does (runtime.reuse_freed_memory; measured on
 its own by cpu_choices.py). On CUDA the batches are larger (a GPU idles on CPU-sized batches),
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import RESULTS, machine_line, today
+from common import RESULTS, gpu_machine_line, machine_line, today
 from vitlab.config import ModelConfig
 from vitlab.data.augment import random_affine
 from vitlab.data.tensors import to_model_input
@@ -122,8 +123,9 @@ def vitlab_model(config: ModelConfig) -> torch.nn.Module:
 
 
 def vitlab_compiled(config: ModelConfig) -> torch.nn.Module:
-    """vitlab's model through torch.compile, as `train.compile: true` runs it: inductor's fused
-    kernels on CPU; on CUDA also CUDA graphs (mode reduce-overhead), which remove launch overhead."""
+    """vitlab's model through torch.compile: inductor's fused kernels, as `train.compile: true` runs it on
+    CPU; on CUDA also CUDA graphs (mode reduce-overhead), which remove launch overhead and which
+    `train.compile` does not use (its default mode has none)."""
     import torch._inductor.config as inductor_config
 
     # Inductor's tiling analysis trips an assertion on the w192 model (torch 2.11, CUDA); it only picks tile shapes.
@@ -589,7 +591,7 @@ def rate(images_per_second: float) -> str:
 
 def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Namespace) -> None:
     cuda = DEVICE.type == "cuda"
-    machine = f"{torch.cuda.get_device_name()} (CUDA), host {machine_line()}" if cuda else machine_line()
+    machine = gpu_machine_line() if cuda else machine_line()
     size = 8192 if cuda else 2048
     if cuda:
         precision = f"Training, batched inference and batch-1 latency under {DTYPE} autocast"
@@ -617,8 +619,12 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         + " GFLOP/s.",
         "- FLOPs per image are analytic (`vitlab.models.flops`): 2 x the multiply-accumulates of every matrix product the logits need; training = 3 x forward. With class-token pooling the last block's output is needed for the class token alone, which is all vitlab computes there; Hugging Face computes it for every token (21% more on the MNIST model, 8% on w192, 7% on ViT-S/16), work not counted in its MFU.",
         "- Every contender trains with fused AdamW (as vitlab's Trainer); the process keeps freed memory of every size for reuse as every vitlab command does (`runtime.reuse_freed_memory(every_size=True)`), so the Hugging Face rows have it too (its own effect: cpu_choices.md).",
-        "- vitlab-compiled: the same model through torch.compile, as `train.compile: true` runs it"
-        + (" (mode reduce-overhead: CUDA graphs)." if cuda else " (inductor's C++ kernels; compile time not counted)."),
+        "- vitlab-compiled: the same model through torch.compile"
+        + (
+            " in mode reduce-overhead (CUDA graphs); `train.compile: true` compiles in the default mode, without them."
+            if cuda
+            else ", as `train.compile: true` runs it (inductor's C++ kernels; compile time not counted)."
+        ),
         "",
         f"| config | contender | train img/s (model only) | train img/s (with data) | data cost | ratio vs HF best | MFU ({peak_name} peak) | infer img/s (batch) | latency b=1 median / p99 (ms) | {memory} |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
