@@ -261,7 +261,7 @@ def test_micro_batches_add_up_to_the_whole_batchs_step(tmp_path):
     (loss, correct), (parts_loss, parts_correct) = (
         t.train_batch(batch, torch.Generator().manual_seed(0)) for t in (whole, parts)
     )
-    assert correct == parts_correct and parts_loss == pytest.approx(loss, rel=1e-5)
+    assert int(correct) == int(parts_correct) and float(parts_loss) == pytest.approx(float(loss), rel=1e-5)
     # The gradients the step took (Adam's first step moves each weight by about lr x the sign of its
     # gradient, so weights would differ wherever a gradient is ~0 and rounding flips its sign).
     expected = dict(whole.model.named_parameters())
@@ -271,3 +271,18 @@ def test_micro_batches_add_up_to_the_whole_batchs_step(tmp_path):
         torch.testing.assert_close(parameter.grad, expected[name].grad, rtol=1e-4, atol=1e-4 * scale)
     with pytest.raises(ConfigError, match="accumulation_steps must be from 1 to train.batch_size=10"):
         resolve_run_config(overrides=["train.batch_size=10", "train.accumulation_steps=11"])
+
+
+def test_training_steps_leave_their_loss_on_the_device(tmp_path, monkeypatch):
+    # On a GPU, reading a tensor's value (.item(), float(), int()) waits for the device to finish, so the
+    # host cannot queue the next step meanwhile: a step must read nothing; the epoch reads its sums once.
+    trainer = new_trainer(tmp_path, quick_config(epochs=1, train_images=640))  # 20 steps
+    reads = []
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _read=original, **k: reads.append(1) or _read(self, *a, **k)
+        )
+    trainer.run()
+    monkeypatch.undo()
+    assert trainer.steps_per_epoch == 20 and len(reads) < 10, len(reads)  # the end of the epoch and its evaluation

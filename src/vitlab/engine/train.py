@@ -56,6 +56,9 @@ from vitlab.models.registry import build_model
 
 # A note says how many training images each epoch leaves out once that is more than this fraction.
 LEFT_OUT_NOTE_FRACTION = 0.1
+# The progress callback hears of the running loss at most this often: each report reads the loss and
+# accuracy off the device, which on a GPU waits for the step to finish instead of queueing the next.
+PROGRESS_SECONDS = 0.2
 
 
 @dataclass
@@ -291,14 +294,15 @@ class Trainer:
         self.optimizer_steps = int(metadata.get("optimizer_steps", 0))
 
     # ----- the loop ---------------------------------------------------------------------------
-    def train_batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[float, int]:
-        """One optimiser step; returns (summed loss, correct predictions) over the batch.
+    def train_batch(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step; returns (summed loss, correct predictions) over the batch, as tensors on the
+        device: reading them would make the host wait for the device at every step.
 
         With train.accumulation_steps=N the batch goes through in N micro-batches, each loss weighted
         by its share of the batch, so their gradients add up to the whole batch's."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct = 0, 0
         parts = indices.tensor_split(cfg.train.accumulation_steps)
         for number, part in enumerate(parts, start=1):
             # DDP averages gradients across processes once, after the last micro-batch, not after each.
@@ -314,9 +318,11 @@ class Trainer:
             update_ema(self.ema_model, self.model, cfg.train.ema_decay, self.optimizer_steps)
         return loss_sum, correct
 
-    def forward_backward(self, indices: torch.Tensor, generator: torch.Generator, share: float) -> tuple[float, int]:
+    def forward_backward(
+        self, indices: torch.Tensor, generator: torch.Generator, share: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the loss on these images, weighted by `share`, added to the parameters' .grad;
-        returns (summed loss, correct predictions) over them."""
+        returns (summed loss, correct predictions) over them, on the device (see train_batch)."""
         cfg = self.config
         images = self.train_images[indices].float().div_(255.0)
         labels = self.train_labels[indices]
@@ -329,8 +335,7 @@ class Trainer:
             logits = self.train_module(inputs)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.0 if soft else cfg.train.label_smoothing)
         (loss * share).backward()
-        correct = (logits.argmax(dim=1) == labels).sum()
-        return loss.item() * len(labels), int(correct)
+        return loss.detach().double() * len(labels), (logits.argmax(dim=1) == labels).sum()
 
     def learning_rate(self, step: int, elapsed: float) -> float:
         """Warm-up over steps, then cosine decay over steps or, with a time budget, over elapsed time."""
@@ -378,7 +383,8 @@ class Trainer:
             torch.manual_seed(cfg.train.seed * 100_003 + epoch)
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
             epoch_start = time.perf_counter()
-            loss_sum, correct, seen = 0.0, 0, 0
+            loss_sum, correct, seen = 0, 0, 0  # the first two become tensors on the device
+            reported = 0.0
             lr = cfg.train.lr
             batches = batch_indices(
                 len(self.train_set), cfg.train.batch_size, shuffle=True, generator=generator, drop_last=True
@@ -398,19 +404,20 @@ class Trainer:
                 local = shard(indices, self.world)  # this process's part of the global batch
                 batch_loss, batch_correct = self.train_batch(local.to(self.device), generator)
                 loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(local)
-                if on_progress is not None:
-                    now = time.perf_counter()
+                now = time.perf_counter()
+                if on_progress is not None and now - reported >= PROGRESS_SECONDS:
+                    reported = now
                     on_progress(
                         epoch,
                         self.fraction_done(step + 1, now - started),
                         {
-                            "loss": loss_sum / seen,
-                            "accuracy": correct / seen,
+                            "loss": float(loss_sum) / seen,
+                            "accuracy": int(correct) / seen,
                             # every rank trains an equal slice in lock-step: the run's rate is world size x this one's
                             "images_per_second": seen * self.world.size / max(now - epoch_start, 1e-9),
                         },
                     )
-            loss_sum, correct, seen = sum_across([loss_sum, correct, seen], self.world)
+            loss_sum, correct, seen = sum_across([float(loss_sum), int(correct), seen], self.world)
             if seen == 0:
                 break
             train_seconds = time.perf_counter() - epoch_start
