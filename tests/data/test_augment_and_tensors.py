@@ -15,7 +15,7 @@ from vitlab.data.augment import (
     random_erasing,
     random_flip,
 )
-from vitlab.data.tensors import batch_indices, normalize, num_batches, to_model_input
+from vitlab.data.tensors import batch_indices, normalize, num_batches, to_device, to_model_input
 from vitlab.errors import ConfigError
 from vitlab.recipes import resolve_run_config
 
@@ -150,3 +150,18 @@ def test_a_randaugment_run_that_cannot_work_is_refused_before_it_starts(monkeypa
     )
     with pytest.raises(ConfigError, match="needs kornia; run: pip install 'vitlab\\[augment\\]'"):
         resolve_run_config(dataset="cifar10", overrides=["data.randaugment=true"])
+
+
+def test_small_tensors_go_to_a_gpu_through_pinned_memory_without_waiting(monkeypatch):
+    # Copied from ordinary memory, PyTorch waits for the GPU's queued work first: every step would wait.
+    # Seen as a CUDA device on this machine: the tensor is pinned, then copied with non_blocking=True.
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda self, device, **options: calls.append((str(device), options)) or self
+    )
+    draws = torch.rand(4)
+    assert to_device(draws, torch.device("cuda")) is draws
+    assert calls == ["pin", ("cuda", {"non_blocking": True})]
+    monkeypatch.undo()
+    assert to_device(draws, "cpu") is draws  # on the CPU a plain .to, a no-op

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vitlab.config import DataConfig
+from vitlab.data.tensors import to_device
 from vitlab.errors import ConfigError
 
 
@@ -50,7 +51,7 @@ def random_affine(
 def _uniform(
     low: float, high: float, shape: tuple[int, ...], generator: torch.Generator | None, device
 ) -> torch.Tensor:
-    return (low + (high - low) * torch.rand(*shape, generator=generator)).to(device)
+    return to_device(low + (high - low) * torch.rand(*shape, generator=generator), device)
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -59,7 +60,7 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
         return images
     batch, _, height, width = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator).to(images.device)
+    offsets = to_device(torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator), images.device)
     rows = offsets[:, 0, None] + torch.arange(height, device=images.device)  # (batch, height)
     cols = offsets[:, 1, None] + torch.arange(width, device=images.device)
     index = torch.arange(batch, device=images.device)[:, None, None]
@@ -69,7 +70,7 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
 
 def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
+    flip = to_device(torch.rand(images.shape[0], generator=generator) < 0.5, images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 

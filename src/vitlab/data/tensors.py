@@ -7,12 +7,24 @@ from collections.abc import Iterator, Sequence
 import torch
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A small CPU tensor (random draws, indices, constants) on `device`, without making the host wait.
+
+    PyTorch copies ordinary memory to a GPU only after all the work queued there is done, so a step
+    that did so could not be queued while the one before it ran; a copy from pinned memory is queued
+    like any kernel (pinned blocks are cached, and kept until their copy is done)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (N, C, H, W), or float in [0, 1], -> float32 with each channel shifted by mean, divided by std."""
     if images.dtype == torch.uint8:
         images = images.float().div_(255.0)
-    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    mean_t = to_device(torch.tensor(mean, dtype=torch.float32), images.device).view(1, -1, 1, 1)
+    std_t = to_device(torch.tensor(std, dtype=torch.float32), images.device).view(1, -1, 1, 1)
     return (images - mean_t) / std_t
 
 
@@ -44,7 +56,7 @@ def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if have == 1:
         return images.expand(-1, channels, -1, -1)
     if have == 3 and channels == 1:
-        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        weights = to_device(torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype), images.device).view(1, 3, 1, 1)
         return (images * weights).sum(dim=1, keepdim=True)
     raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
 

@@ -26,7 +26,7 @@ from vitlab.config import RunConfig, load_run_config, save_yaml
 from vitlab.data.augment import augment_batch
 from vitlab.data.datasets import open_dataset
 from vitlab.data.sources import ImageDataset
-from vitlab.data.tensors import batch_indices, num_batches, to_model_input
+from vitlab.data.tensors import batch_indices, num_batches, to_device, to_model_input
 from vitlab.engine.checkpoint import RESUME_FORMAT, load_state_strict, load_tensors, save_checkpoint, save_tensors
 from vitlab.engine.distributed import (
     barrier,
@@ -402,7 +402,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
                 local = shard(indices, self.world)  # this process's part of the global batch
-                batch_loss, batch_correct = self.train_batch(local.to(self.device), generator)
+                batch_loss, batch_correct = self.train_batch(to_device(local, self.device), generator)
                 loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(local)
                 now = time.perf_counter()
                 if on_progress is not None and now - reported >= PROGRESS_SECONDS:
