@@ -140,3 +140,15 @@ def test_a_process_without_a_gpu_of_its_own_is_refused_before_cuda_is_asked_for_
         init_process_group(World(rank=1, size=2, local_rank=1), "cuda")
     check_a_gpu_each(1, "cuda")  # one process for the one GPU
     check_a_gpu_each(4, "cpu")  # CPU processes need no GPU
+
+
+def test_gpu_processes_can_also_sum_numbers_on_the_cpu(monkeypatch):
+    # sum_across reduces CPU tensors; with nccl alone every GPU run of several processes failed at the end
+    # of its first epoch ("No backend type associated with device type cpu"). Seen as a 2-GPU machine.
+    joined = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: joined.append(index))
+    monkeypatch.setattr("torch.distributed.init_process_group", lambda backend: joined.append(backend))
+    init_process_group(World(rank=1, size=2, local_rank=1), "cuda")
+    init_process_group(World(rank=1, size=2, local_rank=1), "cpu")
+    assert joined == [1, "cpu:gloo,cuda:nccl", "gloo"]

@@ -56,13 +56,16 @@ def check_a_gpu_each(processes: int, device_type: str) -> None:
 
 
 def init_process_group(world: World, device_type: str) -> None:
-    """Join the process group: nccl between GPUs, gloo between CPU processes."""
+    """Join the process group: nccl for tensors on GPUs, gloo for those on the CPU.
+
+    GPU processes need both: nccl takes CUDA tensors only, and the epoch's loss sums and the time
+    budget's verdicts are a few numbers on the CPU (sum_across)."""
     if not world.distributed or dist.is_initialized():
         return
     if device_type == "cuda":
         check_a_gpu_each(world.local_rank + 1, device_type)  # torchrun started more processes than GPUs
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
 
 
 @contextmanager
