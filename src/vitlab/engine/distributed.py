@@ -47,8 +47,10 @@ def world_from_environment() -> World:
 
 def check_a_gpu_each(processes: int, device_type: str) -> None:
     """Training processes on CUDA take a GPU each (NCCL will not share one): refuse more than there are."""
-    gpus = torch.cuda.device_count() if device_type == "cuda" else 0
-    if device_type == "cuda" and processes > gpus:
+    if device_type != "cuda":
+        return
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
         raise ConfigError(
             f"{processes} training processes on this machine need a GPU each, and it has {gpus}; "
             f"start at most {gpus}, or set train.device=cpu to train in {processes} CPU processes"
