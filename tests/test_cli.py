@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from vitlab.data.sources import load_split
 from vitlab.engine import compare as compare_engine
 from vitlab.engine.runtime import autocast_dtype
 from vitlab.export import OnnxClassifier
+from vitlab.launch import remove_abandoned_worker_folders
 
 QUICK = ["data.train_subset=1000", "data.test_subset=300", "train.batch_size=50", "train.warmup_epochs=0.2"]
 # --nproc runs CPU processes (gloo) here, also on a machine with a GPU: one GPU cannot take two processes.
@@ -639,7 +641,7 @@ def _child_with_rank(parent: int, rank: int, timeout: float = 60.0, poll: float 
     raise AssertionError(f"no process of rank {rank} started under {parent}")
 
 
-def _start_in_own_group(args: list) -> subprocess.Popen:
+def _start_in_own_group(args: list, env: dict | None = None) -> subprocess.Popen:
     """`vitlab ARGS` in a process group of its own (a signal to the group reaches it and not pytest), with
     Ctrl-C's default handling even when pytest runs in the background (where a shell ignores it)."""
     return subprocess.Popen(
@@ -648,6 +650,7 @@ def _start_in_own_group(args: list) -> subprocess.Popen:
         text=True,
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -753,11 +756,13 @@ def _processes_with_argument(argument: str) -> list[int]:
     [(signal.SIGKILL, "training"), (signal.SIGKILL, "workers start"), (signal.SIGTERM, "workers start")],
     ids=["SIGKILL-training", "SIGKILL-starting", "SIGTERM-starting"],
 )
-def test_workers_never_outlive_their_launcher(tmp_path, how, moment):
+def test_workers_never_outlive_their_launcher(tmp_path, monkeypatch, how, moment):
     # Workers run in sessions of their own: a launcher killed outright, or one stopped while it was still
     # starting them (before torchrun's agent knew them all), left them training on, unseen.
-    run_dir = str(tmp_path / "run")
-    launcher = _start_in_own_group(["train", "--nproc", 2, "--epochs", 50, "--out", run_dir, "--quiet", *NPROC_QUICK])
+    run_dir, temp = str(tmp_path / "run"), tmp_path / "temp"
+    temp.mkdir()
+    args = ["train", "--nproc", 2, "--epochs", 50, "--out", run_dir, "--quiet", *NPROC_QUICK]
+    launcher = _start_in_own_group(args, env={"TMPDIR": str(temp)})
     try:
         _child_with_rank(launcher.pid, rank=1 if moment == "training" else 0, poll=0.001)
         time.sleep(2 if moment == "training" else 0)
@@ -767,6 +772,13 @@ def test_workers_never_outlive_their_launcher(tmp_path, how, moment):
         while _processes_with_argument(run_dir) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _processes_with_argument(run_dir) == []
+        # A launcher killed outright leaves its temporary folder, named by its pid; the next launch removes it.
+        if how == signal.SIGKILL:
+            left = [p.name for p in temp.glob("vitlab-workers-*")]
+            assert len(left) == 1 and left[0].startswith(f"vitlab-workers-{launcher.pid}-"), left
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        remove_abandoned_worker_folders()
+        assert list(temp.glob("vitlab-workers-*")) == []
     finally:
         launcher.kill()
         for pid in _processes_with_argument(run_dir):

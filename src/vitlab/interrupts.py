@@ -79,3 +79,14 @@ def end_with_parent(parent_pid: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(set_parent_death_signal, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent_pid:  # gone before the line above: no signal will come
         raise KeyboardInterrupt
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts: it cannot be signalled, but is there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

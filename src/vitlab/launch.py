@@ -16,6 +16,7 @@ from vitlab.errors import VitlabError
 
 WORKER_ERRORS_VARIABLE = "VITLAB_WORKER_ERRORS"
 LAUNCHER_PID_VARIABLE = "VITLAB_LAUNCHER_PID"
+WORKERS_FOLDER_PREFIX = "vitlab-workers-"  # then the launcher's pid and "-": a temporary folder per launch
 
 
 def launched_worker() -> bool:
@@ -74,7 +75,8 @@ def run_processes(argv: list[str], nproc: int, run_dir: Path) -> int:
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     raise_swallowed_interrupt()  # one an import above swallowed: processes started now would never get it
-    with tempfile.TemporaryDirectory(prefix="vitlab-workers-") as errors:
+    remove_abandoned_worker_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{WORKERS_FOLDER_PREFIX}{os.getpid()}-") as errors:
         # Ctrl-C stays a KeyboardInterrupt here instead of torchrun's signal of the same name forwarded to
         # the workers: its agent then stops them with SIGTERM, which ends a worker at once wherever it is
         # (Python sets no handler for it), even half-started or blocked in a collective call. (torchrun
@@ -102,6 +104,20 @@ def run_processes(argv: list[str], nproc: int, run_dir: Path) -> int:
                 f"training process {rank} failed ({describe_exit(first.exitcode)}); its output is above"
             ) from None
     return 0
+
+
+def remove_abandoned_worker_folders() -> None:
+    """Delete the temporary folders of launchers that are gone: one killed outright (SIGKILL, the
+    out-of-memory killer) could not remove its own, and its workers end with it."""
+    import shutil
+    import tempfile
+
+    from vitlab.interrupts import process_alive
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKERS_FOLDER_PREFIX}*-*"):
+        launcher = folder.name.removeprefix(WORKERS_FOLDER_PREFIX).partition("-")[0]
+        if launcher.isdigit() and not process_alive(int(launcher)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def describe_exit(code: int) -> str:

@@ -28,6 +28,7 @@ import torch
 from vitlab.cores import available_cores
 from vitlab.data.images import load_image
 from vitlab.errors import DataError, ImageError
+from vitlab.interrupts import process_alive
 from vitlab.terminal import counting_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -361,19 +362,9 @@ def clear_cache() -> list[CacheEntry]:
     base = cache_root() / "folders"
     for path in base.glob(f"*{TEMPORARY_ENTRY}*") if base.is_dir() else []:
         writer = path.name.rpartition(TEMPORARY_ENTRY)[2]
-        if writer.isdigit() and not _process_alive(int(writer)):
+        if writer.isdigit() and not process_alive(int(writer)):
             shutil.rmtree(path, ignore_errors=True)
     return entries
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process, say
-        return True
-    return True
 
 
 def stratified_split(files: list[tuple[str, int]], test_fraction: float, seed: int) -> tuple[list, list]:
