@@ -286,3 +286,13 @@ def test_training_steps_leave_their_loss_on_the_device(tmp_path, monkeypatch):
     trainer.run()
     monkeypatch.undo()
     assert trainer.steps_per_epoch == 20 and len(reads) < 10, len(reads)  # the end of the epoch and its evaluation
+
+
+def test_progress_is_reported_at_most_five_times_a_second_and_at_each_epochs_end(tmp_path):
+    trainer = new_trainer(tmp_path, quick_config(epochs=2, train_images=640))  # 20 steps an epoch
+    reports: list[tuple[int, float, float]] = []
+    trainer.run(on_progress=lambda epoch, fraction, stats: reports.append((epoch, fraction, time.perf_counter())))
+    for epoch in (0, 1):
+        times = [at for e, _, at in reports if e == epoch]
+        assert all(later - earlier >= 0.2 for earlier, later in zip(times, times[1:-1]))  # the last may come sooner
+        assert [fraction for e, fraction, _ in reports if e == epoch][-1] == pytest.approx((epoch + 1) / 2)

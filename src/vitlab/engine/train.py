@@ -405,7 +405,8 @@ class Trainer:
                 batch_loss, batch_correct = self.train_batch(to_device(local, self.device), generator)
                 loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(local)
                 now = time.perf_counter()
-                if on_progress is not None and now - reported >= PROGRESS_SECONDS:
+                epoch_ends = step_in_epoch == self.steps_per_epoch - 1  # the bar reaches it before evaluation
+                if on_progress is not None and (now - reported >= PROGRESS_SECONDS or epoch_ends):
                     reported = now
                     on_progress(
                         epoch,
