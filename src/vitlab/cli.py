@@ -673,7 +673,7 @@ def version_line() -> str:
 
 
 class _VersionAction(argparse.Action):
-    """--version: print version_line() and exit; read only when asked (about 30 ms, on every command otherwise)."""
+    """--version: print version_line() and exit; read only when asked (it imports torch, about a second)."""
 
     def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the versions and exit")

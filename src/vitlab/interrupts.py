@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 _seen = False
@@ -81,7 +82,19 @@ def end_with_parent(parent_pid: int) -> None:
         raise KeyboardInterrupt
 
 
-def process_alive(pid: int) -> bool:
+def remove_left_by_ended_processes(folders: Iterable[Path], writer_pid: Callable[[Path], str]) -> None:
+    """Delete each folder whose writer, the process `writer_pid` reads from the folder's name, has ended:
+    what a process killed outright (SIGKILL, the out-of-memory killer) could not remove itself. A
+    folder whose name holds no pid, or whose writer still runs, stays."""
+    import shutil
+
+    for folder in folders:
+        pid = writer_pid(folder)
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
     """Whether a process with this id exists (one of another user's counts: it cannot be signalled, but is there)."""
     try:
         os.kill(pid, 0)

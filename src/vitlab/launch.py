@@ -109,15 +109,14 @@ def run_processes(argv: list[str], nproc: int, run_dir: Path) -> int:
 def remove_abandoned_worker_folders() -> None:
     """Delete the temporary folders of launchers that are gone: one killed outright (SIGKILL, the
     out-of-memory killer) could not remove its own, and its workers end with it."""
-    import shutil
     import tempfile
 
-    from vitlab.interrupts import process_alive
+    from vitlab.interrupts import remove_left_by_ended_processes
 
-    for folder in Path(tempfile.gettempdir()).glob(f"{WORKERS_FOLDER_PREFIX}*-*"):
-        launcher = folder.name.removeprefix(WORKERS_FOLDER_PREFIX).partition("-")[0]
-        if launcher.isdigit() and not process_alive(int(launcher)):
-            shutil.rmtree(folder, ignore_errors=True)
+    remove_left_by_ended_processes(
+        Path(tempfile.gettempdir()).glob(f"{WORKERS_FOLDER_PREFIX}*-*"),
+        lambda folder: folder.name.removeprefix(WORKERS_FOLDER_PREFIX).partition("-")[0],
+    )
 
 
 def describe_exit(code: int) -> str:

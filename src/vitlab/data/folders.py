@@ -28,7 +28,7 @@ import torch
 from vitlab.cores import available_cores
 from vitlab.data.images import load_image
 from vitlab.errors import DataError, ImageError
-from vitlab.interrupts import process_alive
+from vitlab.interrupts import remove_left_by_ended_processes
 from vitlab.terminal import counting_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -360,10 +360,8 @@ def clear_cache() -> list[CacheEntry]:
     for entry in entries:
         shutil.rmtree(entry.path, ignore_errors=True)
     base = cache_root() / "folders"
-    for path in base.glob(f"*{TEMPORARY_ENTRY}*") if base.is_dir() else []:
-        writer = path.name.rpartition(TEMPORARY_ENTRY)[2]
-        if writer.isdigit() and not process_alive(int(writer)):
-            shutil.rmtree(path, ignore_errors=True)
+    half_written = base.glob(f"*{TEMPORARY_ENTRY}*") if base.is_dir() else []
+    remove_left_by_ended_processes(half_written, lambda path: path.name.rpartition(TEMPORARY_ENTRY)[2])
     return entries
 
 
