@@ -43,17 +43,14 @@ def bf16_units() -> str:
     return f"no bf16 matrix units ({torch.backends.cpu.get_cpu_capability()})"
 
 
-def machine_line() -> str:
-    """One line naming CPU (and its bf16 units), cores, Python and torch, for a results file."""
-    return (
+def machine_line(gpu: bool = False) -> str:
+    """One line naming CPU (and its bf16 units), cores, Python and torch, for a results file; with `gpu`,
+    led by the GPU PyTorch runs on, for figures measured there."""
+    host = (
         f"{cpu_model()} ({bf16_units()}), {available_cores()} cores, "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
-
-
-def gpu_machine_line() -> str:
-    """machine_line() led by the GPU PyTorch runs on, for figures measured there."""
-    return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {machine_line()}"
+    return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {host}" if gpu else host
 
 
 def peak_rss_mb() -> float:

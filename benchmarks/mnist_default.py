@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, gpu_machine_line, machine_line, today
+from common import RESULTS, machine_line, today
 
 TARGET_SECONDS = 600
 TARGET_ACCURACY = 0.992
@@ -70,7 +70,7 @@ def main() -> int:
     report = f"""# `vitlab train` with no arguments (MNIST, default preset)
 
 - Command: `python benchmarks/mnist_default.py` (runs `vitlab train --quiet` in a fresh folder)
-- Machine: {gpu_machine_line() if cuda else machine_line()}
+- Machine: {machine_line(gpu=cuda)}
 - Date: {today()}
 
 | figure | measured | target | |

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import vitlab.models.vit as vit_module
-from common import RESULTS, gpu_machine_line, machine_line, peak_rss_mb, today
+from common import RESULTS, machine_line, peak_rss_mb, today
 from vitlab.config import ModelConfig
 from vitlab.engine.runtime import autocast_dtype, reuse_freed_memory
 
@@ -159,7 +159,7 @@ def main() -> int:
         f"# Scaling on {args.device.upper()}: step time and memory against tokens and batch size",
         "",
         f"- Command: `python benchmarks/scaling.py{' --device cuda' if args.device == 'cuda' else ''}`",
-        f"- Machine: {gpu_machine_line() if args.device == 'cuda' else machine_line()}, {torch.get_num_threads()} threads",
+        f"- Machine: {machine_line(gpu=args.device == 'cuda')}, {torch.get_num_threads()} threads",
         f"- Date: {today()}",
         f"- Model: width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP ratio 2, patch {PATCH}, class token; {'bf16 autocast' if autocast_dtype('auto', torch.device(args.device)) else 'fp32 (no bf16 units)'}, AdamW; median step time.",
         f"- Finding: {where} this machine; the analytic FLOP share passes one half only at T = 2D + M = {2 * WIDTH + 2 * WIDTH} tokens.",

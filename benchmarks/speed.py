@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import RESULTS, gpu_machine_line, machine_line, today
+from common import RESULTS, machine_line, today
 from vitlab.config import ModelConfig
 from vitlab.data.augment import random_affine
 from vitlab.data.tensors import to_model_input
@@ -591,7 +591,7 @@ def rate(images_per_second: float) -> str:
 
 def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Namespace) -> None:
     cuda = DEVICE.type == "cuda"
-    machine = gpu_machine_line() if cuda else machine_line()
+    machine = machine_line(gpu=cuda)
     size = 8192 if cuda else 2048
     if cuda:
         precision = f"Training, batched inference and batch-1 latency under {DTYPE} autocast"
