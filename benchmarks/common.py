@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import platform
+import subprocess
 import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -57,6 +60,43 @@ def peak_rss_mb() -> float:
     """This process's peak resident memory in MB, from VmHWM (ru_maxrss would include a fork parent's)."""
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def high_water_mb(pid: int) -> float:
+    """VmHWM of a running process in MB (0 once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_to_end(
+    command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
+    """Run a command to its end: (wall seconds, its peak resident MB, its stderr). Exits with that stderr
+    when the command fails. The peak is the child's own high-water mark, read while it runs (getrusage
+    would also count this parent); stderr goes to a file, which cannot fill up and stall the child as a
+    pipe nobody reads can."""
+    with tempfile.TemporaryFile("w+") as errors:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
+        peak_mb = 0.0
+        while True:
+            peak_mb = max(peak_mb, high_water_mb(process.pid))
+            try:
+                process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        wall = time.perf_counter() - started
+        errors.seek(0)
+        stderr = errors.read()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stderr}")
+    return wall, peak_mb, stderr
 
 
 def today() -> str:

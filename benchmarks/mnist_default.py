@@ -12,49 +12,24 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from common import RESULTS, machine_line, today
+from common import RESULTS, machine_line, run_to_end, today
 
 TARGET_SECONDS = 600
 TARGET_ACCURACY = 0.992
 PEAK_MEMORY_LIMIT_MB = 2048
 
 
-def high_water_mb(pid: int) -> float:
-    """VmHWM of a running process in MB (0 once it has exited)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def main() -> int:
     cuda = torch.cuda.is_available()  # the device `vitlab train` picks with its default device=auto
     workdir = Path(tempfile.mkdtemp(prefix="vitlab-bench-"))
     vitlab = shutil.which("vitlab") or "vitlab"
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [vitlab, "train", "--quiet"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    peak_mb = 0.0
-    while process.poll() is None:  # the child's own high-water mark (getrusage would add this parent's size)
-        peak_mb = max(peak_mb, high_water_mb(process.pid))
-        time.sleep(0.5)
-    _, stderr = process.communicate()
-    wall = time.perf_counter() - started
-    if process.returncode != 0:
-        print(stderr, file=sys.stderr)
-        return 1
+    wall, peak_mb, _ = run_to_end([vitlab, "train", "--quiet"], cwd=workdir)
     run_dir = next((workdir / "runs").iterdir())
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = epochs[-1]["test_accuracy"]

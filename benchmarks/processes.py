@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import RESULTS, machine_line, today
+from common import RESULTS, machine_line, run_to_end, today
 
 
 def run(nproc: int, epochs: int, out: Path) -> tuple[float, float]:
@@ -26,11 +24,7 @@ def run(nproc: int, epochs: int, out: Path) -> tuple[float, float]:
     threads = 2 // nproc
     command = [sys.executable, "-m", "vitlab", "train", "--epochs", str(epochs), "--out", str(out), "--quiet"]
     command += ["--no-report", "--nproc", str(nproc), f"train.threads={threads}"]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(done.stderr)
+    wall, _, _ = run_to_end(command)
     speeds = [json.loads(line)["images_per_second"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(speeds), wall
 

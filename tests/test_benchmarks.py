@@ -4,10 +4,13 @@ stand-in attention)."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -48,12 +51,28 @@ def test_accumulation_quick_gives_every_micro_batch_count_the_same_gradient_and_
     assert (results.read_bytes() if results.exists() else None) == before
 
 
-def test_speed_products_replay_records_every_matrix_product_of_a_training_step():
+def benchmark_module(name: str):
+    """A module of benchmarks/, imported as its scripts import each other (the folder on sys.path)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import speed
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def test_run_to_end_reports_the_childs_own_peak_memory_and_stderr_and_exits_on_failure():
+    common = benchmark_module("common")
+    # 200 MB written (not just mapped), held past a reading of the child's memory (every 0.5 s).
+    child = "import sys, time; block = b'x' * (200 << 20); print('done', file=sys.stderr); time.sleep(1.5)"
+    wall, peak_mb, stderr = common.run_to_end([sys.executable, "-c", child])
+    assert wall > 0 and stderr.strip() == "done"
+    assert peak_mb >= 200  # the child's 200 MB block, not this process's size
+    with pytest.raises(SystemExit, match="no such thing"):
+        common.run_to_end([sys.executable, "-c", "import sys; sys.exit('no such thing')"])
+
+
+def test_speed_products_replay_records_every_matrix_product_of_a_training_step():
+    speed = benchmark_module("speed")
     import torch
 
     from vitlab.config import ModelConfig

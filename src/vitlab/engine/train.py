@@ -419,8 +419,6 @@ class Trainer:
                         },
                     )
             loss_sum, correct, seen = sum_across([float(loss_sum), int(correct), seen], self.world)
-            if seen == 0:
-                break
             train_seconds = time.perf_counter() - epoch_start
             last = self.is_last_epoch(epoch, started)
             if (epoch + 1) % cfg.train.eval_every and not last:

@@ -1,0 +1,122 @@
+"""Benchmark: `vitlab train` on glibc's malloc (as every vitlab command sets it up) against other
+allocators loaded in its place with LD_PRELOAD: tcmalloc and jemalloc where installed, or any given;
+and against glibc's malloc without its fastbins (the glibc.malloc.mxfast=0 tunable), which spares
+it the consolidation of freed small blocks that a large request first runs.
+
+Each run trains the default MNIST model for a few epochs in a fresh process; the allocators take
+turns, in an order rotated each round, so drifts in the machine's speed hit them alike. Figures per
+allocator, medians over rounds: training images/s (each run's median over its epochs, evaluation
+excluded), wall time of the command, its peak resident memory, and the final test accuracy (the
+allocator should change nothing but speed). Linux only: LD_PRELOAD is the dynamic loader's.
+
+    python benchmarks/allocators.py [--epochs 3] [--rounds 3] [--preload NAME=LIBRARY ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from common import RESULTS, machine_line, run_to_end, today
+
+# name: the libraries that provide it, most specific first (tcmalloc_minimal is tcmalloc without its profilers).
+KNOWN = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
+GLIBC = "glibc malloc"
+# glibc's own malloc with a tunable set: name -> GLIBC_TUNABLES.
+GLIBC_TUNED = {"glibc, no fastbins": "glibc.malloc.mxfast=0"}
+
+
+def installed_allocators() -> dict[str, str]:
+    """The known allocators this machine has: name -> library, as the dynamic loader finds it."""
+    found = {}
+    for name, libraries in KNOWN.items():
+        library = next(filter(None, map(ctypes.util.find_library, libraries)), None)
+        if library:
+            found[name] = library
+    return found
+
+
+def train_run(setting: dict[str, str], epochs: int, out: Path) -> dict[str, float]:
+    """One `vitlab train --epochs N` in a fresh process, with `setting` (LD_PRELOAD, GLIBC_TUNABLES) in its
+    environment; with neither, glibc's malloc."""
+    env = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+    env.update(setting)
+    library = setting.get("LD_PRELOAD")
+    command = [sys.executable, "-m", "vitlab", "train", "--epochs", str(epochs), "--out", str(out)]
+    wall, peak_mb, stderr = run_to_end(command + ["--quiet", "--no-report"], env=env)
+    if "cannot be preloaded" in stderr:  # the loader warns and carries on without it
+        raise SystemExit(f"{library} was not loaded: {stderr.strip().splitlines()[0]}")
+    epochs_run = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "img/s": statistics.median(epoch["images_per_second"] for epoch in epochs_run),
+        "wall": wall,
+        "peak_mb": peak_mb,
+        "accuracy": epochs_run[-1]["test_accuracy"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--preload", action="append", default=[], metavar="NAME=LIBRARY", help="another allocator to compare"
+    )
+    args = parser.parse_args()
+    libraries = installed_allocators()
+    for entry in args.preload:
+        name, _, library = entry.partition("=")
+        if not library:
+            parser.error(f"--preload takes NAME=LIBRARY, not {entry!r}")
+        libraries[name] = library
+    settings = {
+        GLIBC: {},
+        **{name: {"GLIBC_TUNABLES": tunable} for name, tunable in GLIBC_TUNED.items()},
+        **{name: {"LD_PRELOAD": library} for name, library in libraries.items()},
+    }
+    work = Path(tempfile.mkdtemp(prefix="vitlab-allocators-"))
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
+    names = list(settings)
+    for round_number in range(args.rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            runs[name].append(train_run(settings[name], args.epochs, work / f"{names.index(name)}-{round_number}"))
+            print(name, runs[name][-1], flush=True)
+    medians = {
+        name: {key: statistics.median(run[key] for run in done) for key in done[0]} for name, done in runs.items()
+    }
+    base = medians[GLIBC]
+    rows = "\n".join(
+        f"| {name} | {' '.join(f'{k}={v}' for k, v in settings[name].items()) or '(none)'} | {m['img/s']:,.0f} ({m['img/s'] / base['img/s']:.2f}x) "
+        f"| {m['wall']:.1f} s ({base['wall'] / m['wall']:.2f}x) | {m['peak_mb']:,.0f} | "
+        + " / ".join(f"{run['accuracy']:.2%}" for run in runs[name])
+        + " |"
+        for name, m in medians.items()
+    )
+    report = f"""# Memory allocators: `vitlab train` on glibc's malloc against preloaded ones
+
+- Command: `{" ".join(["python benchmarks/allocators.py", *sys.argv[1:]])}`
+  (`vitlab train --epochs {args.epochs}` with the environment in the second column)
+- Machine: {machine_line()}
+- Date: {today()}
+- Default MNIST model and recipe; {args.rounds} rounds, the allocators taking turns in a rotated order;
+  medians over rounds. glibc's malloc as every vitlab command sets it up (`runtime.reuse_freed_memory`).
+
+| allocator | environment | training images/s (vs glibc) | wall time (speed-up) | peak RSS (MB) | final test accuracy, each round |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+"""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "allocators.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
