@@ -56,21 +56,14 @@ def machine_line(gpu: bool = False) -> str:
     return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {host}" if gpu else host
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB, from VmHWM (ru_maxrss would include a fork parent's)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-
-
-def high_water_mb(pid: int) -> float:
-    """VmHWM of a running process in MB (0 once it has exited)."""
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak resident memory in MB, from VmHWM (ru_maxrss would include a fork parent's); this
+    process's by default. 0 once the process has exited."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):  # gone, or a zombie whose memory is already released
+        return 0.0
 
 
 def run_to_end(
@@ -85,7 +78,7 @@ def run_to_end(
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
         peak_mb = 0.0
         while True:
-            peak_mb = max(peak_mb, high_water_mb(process.pid))
+            peak_mb = max(peak_mb, peak_rss_mb(process.pid))
             try:
                 process.wait(timeout=0.5)
                 break
