@@ -19,6 +19,7 @@ import ctypes.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -42,16 +43,20 @@ def installed_allocators() -> dict[str, str]:
     return found
 
 
+def preload_error(library: str) -> str | None:
+    """Why the dynamic loader cannot preload `library` (its one-line warning), or None when it can."""
+    env = {**os.environ, "LD_PRELOAD": library}
+    done = subprocess.run([sys.executable, "-c", ""], env=env, capture_output=True, text=True)
+    return next((line for line in done.stderr.splitlines() if "cannot be preloaded" in line), None)
+
+
 def train_run(setting: dict[str, str], epochs: int, out: Path) -> dict[str, float]:
     """One `vitlab train --epochs N` in a fresh process, with `setting` (LD_PRELOAD, GLIBC_TUNABLES) in its
     environment; with neither, glibc's malloc."""
     env = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
     env.update(setting)
-    library = setting.get("LD_PRELOAD")
     command = [sys.executable, "-m", "vitlab", "train", "--epochs", str(epochs), "--out", str(out)]
-    wall, peak_mb, stderr = run_to_end(command + ["--quiet", "--no-report"], env=env)
-    if "cannot be preloaded" in stderr:  # the loader warns and carries on without it
-        raise SystemExit(f"{library} was not loaded: {stderr.strip().splitlines()[0]}")
+    wall, peak_mb, _ = run_to_end(command + ["--quiet", "--no-report"], env=env)
     epochs_run = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {
         "img/s": statistics.median(epoch["images_per_second"] for epoch in epochs_run),
@@ -75,6 +80,10 @@ def main() -> int:
         if not library:
             parser.error(f"--preload takes NAME=LIBRARY, not {entry!r}")
         libraries[name] = library
+    for name, library in libraries.items():  # the loader would only warn, and the run go on without it
+        problem = preload_error(library)
+        if problem:
+            parser.error(f"{name}: {problem}")
     settings = {
         GLIBC: {},
         **{name: {"GLIBC_TUNABLES": tunable} for name, tunable in GLIBC_TUNED.items()},

@@ -71,6 +71,21 @@ def test_run_to_end_reports_the_childs_own_peak_memory_and_stderr_and_exits_on_f
         common.run_to_end([sys.executable, "-c", "import sys; sys.exit('no such thing')"])
 
 
+def test_allocators_refuses_a_library_the_loader_cannot_preload_before_training(tmp_path):
+    results = BENCHMARKS / "results" / "allocators.md"
+    before = results.read_bytes() if results.exists() else None
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "allocators.py"), "--preload", f"missing={tmp_path / 'libnone.so'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "missing:" in run.stderr and "cannot be preloaded" in run.stderr
+    assert run.stdout == ""  # no training run started (each prints a line)
+    assert (results.read_bytes() if results.exists() else None) == before
+
+
 def test_speed_products_replay_records_every_matrix_product_of_a_training_step():
     speed = benchmark_module("speed")
     import torch
