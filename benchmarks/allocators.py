@@ -1,13 +1,14 @@
 """Benchmark: `vitlab train` on glibc's malloc (as every vitlab command sets it up) against other
 allocators loaded in its place with LD_PRELOAD: tcmalloc and jemalloc where installed, or any given;
-and against glibc's malloc without its fastbins (the glibc.malloc.mxfast=0 tunable), which spares
-it the consolidation of freed small blocks that a large request first runs.
+and, within one process, glibc's fastbins on (its default, which vitlab keeps) against off.
 
 Each run trains the default MNIST model for a few epochs in a fresh process; the allocators take
 turns, in an order rotated each round, so drifts in the machine's speed hit them alike. Figures per
 allocator, medians over rounds: training images/s (each run's median over its epochs, evaluation
 excluded), wall time of the command, its peak resident memory, and the final test accuracy (the
-allocator should change nothing but speed). Linux only: LD_PRELOAD is the dynamic loader's.
+allocator should change nothing but speed). The fastbins take turns step by step in this process
+(mallopt switches them), on the speed benchmark's training steps and batched inference. Linux with
+glibc only: LD_PRELOAD is the dynamic loader's, mallopt glibc's.
 
     python benchmarks/allocators.py [--epochs 3] [--rounds 3] [--preload NAME=LIBRARY ...]
 """
@@ -29,8 +30,7 @@ from common import RESULTS, machine_line, run_to_end, today
 # name: the libraries that provide it, most specific first (tcmalloc_minimal is tcmalloc without its profilers).
 KNOWN = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
 GLIBC = "glibc malloc"
-# glibc's own malloc with a tunable set: name -> GLIBC_TUNABLES.
-GLIBC_TUNED = {"glibc, no fastbins": "glibc.malloc.mxfast=0"}
+M_MXFAST = 1  # mallopt's parameter for the largest block size kept in fastbins (0: none), from malloc.h
 
 
 def installed_allocators() -> dict[str, str]:
@@ -51,9 +51,9 @@ def preload_error(library: str) -> str | None:
 
 
 def train_run(setting: dict[str, str], epochs: int, out: Path) -> dict[str, float]:
-    """One `vitlab train --epochs N` in a fresh process, with `setting` (LD_PRELOAD, GLIBC_TUNABLES) in its
-    environment; with neither, glibc's malloc."""
-    env = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+    """One `vitlab train --epochs N` in a fresh process, with `setting` (LD_PRELOAD) in its environment;
+    without it, glibc's malloc."""
+    env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
     env.update(setting)
     command = [sys.executable, "-m", "vitlab", "train", "--epochs", str(epochs), "--out", str(out)]
     wall, peak_mb, _ = run_to_end(command + ["--quiet", "--no-report"], env=env)
@@ -66,10 +66,50 @@ def train_run(setting: dict[str, str], epochs: int, out: Path) -> dict[str, floa
     }
 
 
+def fastbin_rows(pairs: int) -> list[str]:
+    """Training steps and batched inference with glibc's fastbins on (its default size limit, as vitlab's
+    commands run) and off, alternating within this process: the median ratio of paired times."""
+    import torch
+
+    import speed
+    from vitlab.engine.runtime import reuse_freed_memory
+
+    reuse_freed_memory(every_size=True)
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    on_limit = 64 * ctypes.sizeof(ctypes.c_size_t) // 4  # glibc's default fastbin limit
+    torch.set_num_threads(2)
+    rows = []
+    for name in ("mnist", "w192"):
+        config, batch = speed.CONFIGS[name]
+        model = speed.vitlab_model(config)
+        images = torch.randn(speed.INFER_BATCH[name], config.in_channels, config.img_size, config.img_size)
+
+        def infer(model: torch.nn.Module = model, images: torch.Tensor = images) -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=speed.DTYPE, enabled=speed.DTYPE is not None):
+                model(images)
+
+        train = speed.train_step_fn(model, config, batch, False, speed.DTYPE)
+        for task, run in (("train", train), ("infer", infer)):
+            count = pairs if name == "mnist" else max(pairs // 4, 4)  # w192's steps take 10x as long
+            seconds: dict[bool, list[float]] = {True: [], False: []}
+            for number in range(count):
+                for fastbins in (True, False) if number % 2 else (False, True):
+                    mallopt(M_MXFAST, on_limit if fastbins else 0)
+                    run()  # the first step after a switch settles the heap
+                    seconds[fastbins].append(speed.timed(run, 1))
+            mallopt(M_MXFAST, on_limit)
+            ratios = sorted(on / off for on, off in zip(seconds[True], seconds[False]))
+            median, low, high = statistics.median(ratios), ratios[len(ratios) // 4], ratios[3 * len(ratios) // 4]
+            rows.append(f"| {name} | {task} | {count} | {median:.3f}x ({low:.3f}-{high:.3f}) |")
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=60, help="paired steps for the fastbins (a quarter on w192)")
     parser.add_argument(
         "--preload", action="append", default=[], metavar="NAME=LIBRARY", help="another allocator to compare"
     )
@@ -86,9 +126,9 @@ def main() -> int:
             parser.error(f"{name}: {problem}")
     settings = {
         GLIBC: {},
-        **{name: {"GLIBC_TUNABLES": tunable} for name, tunable in GLIBC_TUNED.items()},
         **{name: {"LD_PRELOAD": library} for name, library in libraries.items()},
     }
+    fastbins = fastbin_rows(args.pairs)
     work = Path(tempfile.mkdtemp(prefix="vitlab-allocators-"))
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     names = list(settings)
@@ -115,11 +155,22 @@ def main() -> int:
 - Machine: {machine_line()}
 - Date: {today()}
 - Default MNIST model and recipe; {args.rounds} rounds, the allocators taking turns in a rotated order;
-  medians over rounds. glibc's malloc as every vitlab command sets it up (`runtime.reuse_freed_memory`).
+  medians over rounds. glibc's malloc as every vitlab command sets it up (`runtime.reuse_freed_memory`:
+  freed memory kept for reuse, no memory mapped by malloc).
 
 | allocator | environment | training images/s (vs glibc) | wall time (speed-up) | peak RSS (MB) | final test accuracy, each round |
 | --- | --- | --- | --- | --- | --- |
 {rows}
+
+## glibc's fastbins, paired within one process
+
+The speed benchmark's training steps (a ready batch) and batched inference, with the fastbins on
+(glibc's default, kept by vitlab) and off, switching by mallopt before each pair's step and
+alternating the order; speed-up = time on / time off, median and interquartile range of the pairs.
+
+| config | task | pairs | speed-up, fastbins off |
+| --- | --- | --- | --- |
+{chr(10).join(fastbins)}
 """
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "allocators.md").write_text(report)
