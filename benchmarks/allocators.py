@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes.util
-import json
 import os
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, machine_line, run_to_end, today
+from common import RESULTS, machine_line, today, train_for_epochs
 
 # name: the libraries that provide it, most specific first (tcmalloc_minimal is tcmalloc without its profilers).
 KNOWN = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
@@ -54,15 +53,12 @@ def train_run(setting: dict[str, str], epochs: int, out: Path) -> dict[str, floa
     """One `vitlab train --epochs N` in a fresh process, with `setting` (LD_PRELOAD) in its environment;
     without it, glibc's malloc."""
     env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
-    env.update(setting)
-    command = [sys.executable, "-m", "vitlab", "train", "--epochs", str(epochs), "--out", str(out)]
-    wall, peak_mb, _ = run_to_end(command + ["--quiet", "--no-report"], env=env)
-    epochs_run = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records, wall, peak_mb = train_for_epochs(epochs, out, env={**env, **setting})
     return {
-        "img/s": statistics.median(epoch["images_per_second"] for epoch in epochs_run),
+        "img/s": statistics.median(record["images_per_second"] for record in records),
         "wall": wall,
         "peak_mb": peak_mb,
-        "accuracy": epochs_run[-1]["test_accuracy"],
+        "accuracy": records[-1]["test_accuracy"],
     }
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -90,6 +92,17 @@ def run_to_end(
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{stderr}")
     return wall, peak_mb, stderr
+
+
+def train_for_epochs(
+    epochs: int, out: Path, options: list[str] | None = None, env: dict[str, str] | None = None
+) -> tuple[list[dict], float, float]:
+    """`vitlab train --epochs N --out OUT --quiet --no-report [OPTIONS]` in a fresh process, to its end:
+    (its epochs' records from metrics.jsonl, its wall seconds, its peak resident MB)."""
+    command = [sys.executable, "-m", "vitlab", "train", "--epochs", str(epochs), "--out", str(out)]
+    wall, peak_mb, _ = run_to_end([*command, "--quiet", "--no-report", *(options or [])], env=env)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return records, wall, peak_mb
 
 
 def today() -> str:

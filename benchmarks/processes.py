@@ -10,23 +10,19 @@ alternation so drifts in machine speed hit both alike.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, machine_line, run_to_end, today
+from common import RESULTS, machine_line, today, train_for_epochs
 
 
 def run(nproc: int, epochs: int, out: Path) -> tuple[float, float]:
     """(median training images/s, wall seconds) of one run."""
     threads = 2 // nproc
-    command = [sys.executable, "-m", "vitlab", "train", "--epochs", str(epochs), "--out", str(out), "--quiet"]
-    command += ["--no-report", "--nproc", str(nproc), f"train.threads={threads}"]
-    wall, _, _ = run_to_end(command)
-    speeds = [json.loads(line)["images_per_second"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(speeds), wall
+    records, wall, _ = train_for_epochs(epochs, out, ["--nproc", str(nproc), f"train.threads={threads}"])
+    return statistics.median(record["images_per_second"] for record in records), wall
 
 
 def main() -> int:
