@@ -5,10 +5,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from vitlab.config import ModelConfig
 
-# The project's shared data (real MNIST and Fashion-MNIST files, CIFAR-10 JPEGs), beside the checkout.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The project's shared data (real MNIST and Fashion-MNIST files, CIFAR-10 JPEGs): beside the checkout
+# in the project's workspace, or wherever this variable points.
+SHARED_DATA_VARIABLE = "VITLAB_SHARED_DATA"
+SHARED_DATA_BESIDE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(relative: str) -> Path:
+    """A file or folder of the shared data; a test that needs it and cannot find it fails in one line
+    saying where it looked and how to point it elsewhere."""
+    root = Path(os.environ.get(SHARED_DATA_VARIABLE) or SHARED_DATA_BESIDE_CHECKOUT)
+    path = root / relative
+    if not path.exists():
+        pytest.fail(
+            f"this test reads the project's shared data, and {path} does not exist: "
+            f"set {SHARED_DATA_VARIABLE} to the folder that holds mnist/ and fashion-mnist/",
+            pytrace=False,
+        )
+    return path
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -120,3 +120,15 @@ def test_speed_products_replay_records_every_matrix_product_of_a_training_step()
     with speed.ProductRecorder() as again:
         step()
     assert [(f, layout) for f, layout, _ in again.calls] == [(f, layout) for f, layout, _ in recorder.calls]
+
+
+def test_record_writes_a_whole_report_and_a_smoke_run_leaves_the_recorded_one(tmp_path, monkeypatch, capsys):
+    common = benchmark_module("common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    common.record("speed.md", "| figure |\n| 1.40x |")
+    written = (tmp_path / "results" / "speed.md").read_text()
+    assert written == "| figure |\n| 1.40x |\n"
+    common.record("speed.md", "| figure |\n| smoke |", smoke_run=True)
+    assert (tmp_path / "results" / "speed.md").read_text() == written  # printed, not recorded
+    assert capsys.readouterr().out == "| figure |\n| 1.40x |\n| figure |\n| smoke |\n"
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["speed.md"]  # no temporary file left

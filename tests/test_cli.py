@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import vitlab as vitlab_package
-from tests.helpers import SHARED_DATA, grey_image_folder, unreadable_image_folder
+from tests.helpers import grey_image_folder, shared_data, unreadable_image_folder
 from vitlab import cli, terminal
 from vitlab.cli import byte_size
 from vitlab.cli import main as vitlab_main
@@ -99,7 +99,7 @@ def test_eval_on_a_missing_device_fails_before_reading_data(trained_run, monkeyp
 
 def test_eval_reads_the_data_set_from_where_the_run_trained_on_it(tmp_path):
     run_dir = tmp_path / "run"
-    data_dir = SHARED_DATA / "fashion-mnist"
+    data_dir = shared_data("fashion-mnist")
     trained = vitlab(
         "train", "--dataset", "fashion-mnist", f"data.data_dir={data_dir}", "--epochs", 1, "--out", run_dir, *QUICK
     )

@@ -48,6 +48,8 @@ def test_failed_onnx_check_leaves_no_file(tmp_path, checkpoint, monkeypatch):
     assert list(tmp_path.glob("bad.onnx*")) == [] and list(tmp_path.glob(".bad.onnx*")) == []
 
 
+# Loading the file is a user's step; torch 2.13 warns that TorchScript is deprecated (#6 asks for it).
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_export_runs_any_batch(tmp_path, checkpoint):
     _, model = checkpoint
     result = export_torchscript(model, tmp_path / "model.pt")

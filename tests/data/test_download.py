@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from tests.helpers import SHARED_DATA, ordinary_file_mode
+from tests.helpers import ordinary_file_mode, shared_data
 from vitlab.data import sources
 from vitlab.data.cifar import LAYOUT, read_cifar_archive
 from vitlab.data.download import RemoteFile, download
@@ -54,7 +54,7 @@ def server():
 
 
 def fashion_files():
-    return {p.name: p.read_bytes() for p in (SHARED_DATA / "fashion-mnist").glob("*.gz")}
+    return {p.name: p.read_bytes() for p in shared_data("fashion-mnist").glob("*.gz")}
 
 
 def test_fashion_mnist_downloads_verifies_and_loads(server, tmp_path, monkeypatch, capsys):
@@ -73,7 +73,7 @@ def test_fashion_mnist_downloads_verifies_and_loads(server, tmp_path, monkeypatc
 
 def test_corrupted_download_is_rejected_and_never_kept(server, tmp_path, monkeypatch):
     files, url = server
-    good = (SHARED_DATA / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    good = shared_data("fashion-mnist/t10k-labels-idx1-ubyte.gz").read_bytes()
     files["t10k-labels-idx1-ubyte.gz"] = good[:-10] + b"x" * 10
     remote = sources.DATASETS["fashion-mnist"].files["t10k-labels-idx1-ubyte.gz"]
     monkeypatch.setenv("VITLAB_DATA_MIRROR", url)
@@ -84,7 +84,7 @@ def test_corrupted_download_is_rejected_and_never_kept(server, tmp_path, monkeyp
 
 def test_dropped_connection_falls_back_to_the_next_mirror(server, tmp_path, monkeypatch):
     files, url = server
-    payload = (SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    payload = shared_data("mnist/t10k-labels-idx1-ubyte.gz").read_bytes()
     files["t10k-labels-idx1-ubyte.gz"] = payload
     remote = RemoteFile(
         "t10k-labels-idx1-ubyte.gz", (f"{url}/drop/", f"{url}/"), sha256=hashlib.sha256(payload).hexdigest()
