@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, machine_line, peak_rss_mb, today
+from common import machine_line, peak_rss_mb, record, today
 
 MICRO_BATCHES = (1, 2, 4, 8)
 
@@ -119,10 +119,7 @@ def main() -> int:
 
 {chr(10).join(lines)}
 """
-    print(report)
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "accumulation.md").write_text(report)
+    record("accumulation.md", report, smoke_run=args.quick)
     return 0
 
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, SHARED_DATA, cifar_folder, machine_line, today
+from common import SHARED_DATA, cifar_folder, machine_line, record, today
 
 # name: (data set, default budget, target accuracy, vitlab train arguments)
 SETUPS: dict[str, tuple[str, str, float, list[str]]] = {
@@ -166,11 +166,9 @@ def main() -> int:
 {config.rstrip()}
 ```
 """
-    RESULTS.mkdir(exist_ok=True)
     # Another budget than the setup's gets its own file, beside the default one.
     suffix = "" if budget == default_budget else f"_{budget}"
-    (RESULTS / f"accuracy_{args.setup}{suffix}.md").write_text(report)
-    print(report, flush=True)
+    record(f"accuracy_{args.setup}{suffix}.md", report)
     return 0
 
 

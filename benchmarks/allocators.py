@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, machine_line, today, train_for_epochs
+from common import machine_line, record, today, train_for_epochs
 
 # name: the libraries that provide it, most specific first (tcmalloc_minimal is tcmalloc without its profilers).
 KNOWN = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
@@ -168,9 +168,7 @@ alternating the order; speed-up = time on / time off, median and interquartile r
 | --- | --- | --- | --- |
 {chr(10).join(fastbins)}
 """
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "allocators.md").write_text(report)
-    print(report)
+    record("allocators.md", report)
     return 0
 
 

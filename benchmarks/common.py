@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vitlab.atomic import atomic_write_text
 from vitlab.cores import available_cores
 
 RESULTS = Path(__file__).parent / "results"
@@ -103,6 +104,15 @@ def train_for_epochs(
     wall, peak_mb, _ = run_to_end([*command, "--quiet", "--no-report", *(options or [])], env=env)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return records, wall, peak_mb
+
+
+def record(name: str, report: str, smoke_run: bool = False) -> None:
+    """Print a benchmark's report and write it to benchmarks/results/NAME, whole or not at all (an
+    interrupted run keeps the last complete one); a smoke run (--quick) leaves the recorded figures alone."""
+    print(report, flush=True)
+    if not smoke_run:
+        RESULTS.mkdir(exist_ok=True)
+        atomic_write_text(RESULTS / name, report if report.endswith("\n") else report + "\n")
 
 
 def today() -> str:

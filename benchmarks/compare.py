@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, cifar_folder, machine_line, today
+from common import RESULTS, cifar_folder, machine_line, record, today
 from vitlab.recipes import recipe_for
 
 SETUPS = {
@@ -71,10 +71,8 @@ def main() -> int:
 
 {table.replace("(compare.png)", f"(compare_{name}.png)")}
 """
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"compare_{name}.md").write_text(report)
+        record(f"compare_{name}.md", report)
         shutil.copy(out / "compare.png", RESULTS / f"compare_{name}.png")
-        print(report, flush=True)
     return 0
 
 

@@ -35,7 +35,7 @@ from unittest import mock
 import torch
 
 import speed
-from common import RESULTS, machine_line, peak_rss_mb, today
+from common import machine_line, peak_rss_mb, record, today
 from vitlab.engine.runtime import autocast, reuse_freed_memory
 from vitlab.models.registry import model_config
 from vitlab.models.vit import BF16_SOFTMAX_MIN_TOKENS, ViT
@@ -342,9 +342,7 @@ def main() -> int:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *kernel_inference_rows(rounds),
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cpu_choices.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record("cpu_choices.md", "\n".join(lines), smoke_run=args.quick)
     return 0
 
 

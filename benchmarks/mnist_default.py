@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, machine_line, run_to_end, today
+from common import machine_line, record, run_to_end, today
 
 TARGET_SECONDS = 600
 TARGET_ACCURACY = 0.992
@@ -64,9 +64,7 @@ Resolved config of the run:
 {config.strip()}
 ```
 """
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("mnist_default_cuda.md" if cuda else "mnist_default.md")).write_text(report)
-    print(report)
+    record("mnist_default_cuda.md" if cuda else "mnist_default.md", report)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

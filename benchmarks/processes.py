@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, machine_line, today, train_for_epochs
+from common import machine_line, record, today, train_for_epochs
 
 
 def run(nproc: int, epochs: int, out: Path) -> tuple[float, float]:
@@ -53,9 +53,7 @@ def main() -> int:
 
 Ratio (2 x 1 over 1 x 2): {speed[2] / speed[1]:.2f}x in training images/s, {wall[1] / wall[2]:.2f}x in wall time.
 """
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "processes.md").write_text(report)
-    print(report)
+    record("processes.md", report)
     return 0
 
 

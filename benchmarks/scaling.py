@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import vitlab.models.vit as vit_module
-from common import RESULTS, machine_line, peak_rss_mb, today
+from common import machine_line, peak_rss_mb, record, today
 from vitlab.config import ModelConfig
 from vitlab.engine.runtime import autocast_dtype, reuse_freed_memory
 
@@ -172,13 +172,7 @@ def main() -> int:
         "",
         *table(by_batch),
     ]
-    if args.quick:
-        print("\n".join(report))
-        return 0
-    RESULTS.mkdir(exist_ok=True)
-    name = "scaling.md" if args.device == "cpu" else f"scaling_{args.device}.md"
-    (RESULTS / name).write_text("\n".join(report) + "\n")
-    print("\n".join(report))
+    record("scaling.md" if args.device == "cpu" else f"scaling_{args.device}.md", "\n".join(report), args.quick)
     return 0
 
 

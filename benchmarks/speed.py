@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import RESULTS, machine_line, today
+from common import machine_line, record, today
 from vitlab.config import ModelConfig
 from vitlab.data.augment import random_affine
 from vitlab.data.tensors import to_model_input
@@ -701,9 +701,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
     for res in results:
         for c, reason in res.get("left_out", {}).items():
             lines.append(f"\n{res['config']}: {c} left out, it failed: `{reason}`")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("speed_cuda.md" if cuda else "speed.md")).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record("speed_cuda.md" if cuda else "speed.md", "\n".join(lines), smoke_run=args.quick)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, machine_line, today
+from common import machine_line, record, today
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,9 +92,7 @@ def main() -> int:
 Fine-tuning gains {100 * (tuned_mean - max(scratch_mean, default_mean)):+.2f} accuracy points on average over the
 better of the two from-scratch settings on the same {args.labelled:,} images.
 """
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "transfer.md").write_text(report)
-    print(report)
+    record("transfer.md", report)
     return 0
 
 
