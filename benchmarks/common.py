@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from vitlab.atomic import atomic_write_text
 from vitlab.cores import available_cores
 
 RESULTS = Path(__file__).parent / "results"
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# The project's shared data, as the tests find it: $VITLAB_SHARED_DATA, else ../shared/data beside the checkout.
+SHARED_DATA = Path(os.environ.get("VITLAB_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
 
 
@@ -124,6 +126,8 @@ def cifar_folder(work: Path) -> Path:
     """Unpack the CIFAR-10 JPEG archive (train/ and test/ class folders) into work/cifar10 once."""
     target = work / "cifar10"
     if not (target / "train").is_dir():
+        if not CIFAR_ARCHIVE.is_file():
+            sys.exit(f"no CIFAR-10 JPEG archive at {CIFAR_ARCHIVE}: set VITLAB_SHARED_DATA to the shared data folder")
         with tarfile.open(CIFAR_ARCHIVE) as archive:
             archive.extractall(target, filter="data")
     return target

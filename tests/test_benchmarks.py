@@ -132,3 +132,10 @@ def test_record_writes_a_whole_report_and_a_smoke_run_leaves_the_recorded_one(tm
     assert (tmp_path / "results" / "speed.md").read_text() == written  # printed, not recorded
     assert capsys.readouterr().out == "| figure |\n| 1.40x |\n| figure |\n| smoke |\n"
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["speed.md"]  # no temporary file left
+
+
+def test_a_missing_cifar_archive_stops_the_benchmark_in_one_line(tmp_path, monkeypatch):
+    common = benchmark_module("common")
+    monkeypatch.setattr(common, "CIFAR_ARCHIVE", tmp_path / "nowhere.tar.gz")
+    with pytest.raises(SystemExit, match="no CIFAR-10 JPEG archive at .*nowhere.tar.gz: set VITLAB_SHARED_DATA"):
+        common.cifar_folder(tmp_path / "work")
