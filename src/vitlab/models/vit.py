@@ -52,8 +52,9 @@ def attend(
 def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether PyTorch's fused attention kernel is the faster path for these queries and keys.
 
-    On GPUs it always is. On CPU never in bf16 (its bf16 backward there is several times slower than
-    the explicit path). In fp32 on CPU it pays for a single image, where fewer ops is what counts; for
+    On GPUs it always is. On CPU never in bf16: its backward there is several times slower than the
+    explicit path's (training steps 0.22-0.46x as fast from 17 to 197 keys, 0.80x on ViT-S/16; batch-256
+    inference 0.91-1.05x; Intel Xeon with AMX, benchmarks/cpu_choices.py). In fp32 on CPU it pays for a single image, where fewer ops is what counts; for
     long rows, whose batch x heads x keys x keys weights the explicit path has to write and read back
     (from FUSED_FP32_MIN_KEYS keys); and for wide heads once keys x head size reaches
     FUSED_FP32_MIN_KEYS_X_HEAD_DIM, where the two tie and the fused kernel keeps no weights. Measured in
