@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import resource
 import statistics
@@ -36,6 +37,7 @@ import torch
 
 import speed
 from common import machine_line, peak_rss_mb, record, today
+from vitlab.config import ModelConfig
 from vitlab.engine.runtime import autocast, reuse_freed_memory
 from vitlab.models.registry import model_config
 from vitlab.models.vit import BF16_SOFTMAX_MIN_TOKENS, ViT
@@ -53,7 +55,7 @@ SOFTMAX_TOKENS = (17, 24, 31, 32, 40, 50, 65, 100, 197)
 KERNEL_TOKEN_SWEEP = ((28, 7), (20, 4), (24, 4), (28, 4), (32, 4), (36, 4), (40, 4))
 # The w192 model (head size 64, against the MNIST model's 16) at its own and fewer tokens, and ViT-S/16.
 KERNEL_W192_SIDES = (24, 28, 32)
-# Past the fp32 rule's line at 112 keys (vit.FUSED_FP32_MIN_KEYS), with fewer steps (longer ones): the MNIST
+# Past the fp32 rule's line at 112 keys (vit.FUSED_CPU_MIN_KEYS), with fewer steps (longer ones): the MNIST
 # width at 122, 145 and 197 keys, and head size 32 (w192 with 6 heads) at 101 and 145 keys.
 KERNEL_LONG_SIDES = (44, 48, 56)
 KERNEL_HEAD32_SIDES = (40, 48)
@@ -254,25 +256,41 @@ def kernel_training_rows(quick: bool) -> list[str]:
     return rows
 
 
-def kernel_inference_rows(rounds: int) -> list[str]:
-    """Batch-256 throughput and batch-1 latency of the two kernels, interleaved round by round."""
+def kernel_inference_cases() -> list[tuple[str, ModelConfig, int]]:
+    """(label, model, batch): the speed benchmark's three models at their inference batch, and the MNIST
+    width at the training sweep's long rows (below and past the 112-key line)."""
+    cases = [(name, config, speed.INFER_BATCH[name]) for name, (config, _) in speed.CONFIGS.items()]
+    long_rows = [
+        (f"mnist width, {side}px / patch 4", model_config(speed.DEFAULT_PRESET, img_size=side, patch_size=4), 256)
+        for side in (40, *KERNEL_LONG_SIDES[1:])
+    ]
+    return cases[:1] + long_rows + cases[1:]
+
+
+def paired_speed_up(times: dict[str, list[float]]) -> float:
+    """Median over paired calls of explicit / fused time: the fused kernel's speed-up."""
+    return statistics.median(e / f for e, f in zip(times["explicit"], times["fused"]))
+
+
+def kernel_inference_rows(passes: int) -> list[str]:
+    """Batched throughput and batch-1 latency of the two kernels, pass by pass in turn
+    (speed.alternating_steps), each speed-up the median over paired passes."""
     rows = []
-    for name in ("mnist", "w192"):
-        config, _ = speed.CONFIGS[name]
+    for name, config, size in kernel_inference_cases():
         models = {kernel: model.eval() for kernel, model in kernel_pair(config).items()}
-        batch = torch.randn(speed.INFER_BATCH[name], config.in_channels, config.img_size, config.img_size)
-        rates: dict[str, list[float]] = {kernel: [] for kernel in models}
-        latency: dict[str, list[float]] = {kernel: [] for kernel in models}
+        batch = torch.randn(size, config.in_channels, config.img_size, config.img_size)
+        image = batch[:1]
         with torch.inference_mode(), autocast(speed.DEVICE, speed.DTYPE):
-            for _ in range(rounds):
-                for kernel, model in models.items():
-                    rates[kernel].append(speed.throughput(model, batch))
-                    latency[kernel].extend(speed.latencies(model, batch[:1]))
-        img_s = {kernel: statistics.median(values) for kernel, values in rates.items()}
-        ms = {kernel: 1000 * statistics.median(values) for kernel, values in latency.items()}
+            for model in models.values():
+                model(batch), model(image)
+            batched = speed.alternating_steps({k: functools.partial(m, batch) for k, m in models.items()}, passes)
+            single = speed.alternating_steps({k: functools.partial(m, image) for k, m in models.items()}, 10 * passes)
+        img_s = {kernel: size / statistics.median(values) for kernel, values in batched.items()}
+        ms = {kernel: 1000 * statistics.median(values) for kernel, values in single.items()}
         rows.append(
-            f"| {name} | {img_s['explicit']:,.0f} | {img_s['fused']:,.0f} | {img_s['fused'] / img_s['explicit']:.2f}x "
-            f"| {ms['explicit']:.3f} | {ms['fused']:.3f} | {ms['explicit'] / ms['fused']:.2f}x "
+            f"| {name} | {config.num_patches + 1} | {config.embed_dim // config.num_heads} | {size} "
+            f"| {img_s['explicit']:,.0f} | {img_s['fused']:,.0f} | {paired_speed_up(batched):.2f}x "
+            f"| {ms['explicit']:.3f} | {ms['fused']:.3f} | {paired_speed_up(single):.2f}x "
             f"| {auto_picks(config, len(batch), False)} / {auto_picks(config, 1, False)} |"
         )
         print(rows[-1], flush=True)
@@ -336,11 +354,12 @@ def main() -> int:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *kernel_training_rows(args.quick),
         "",
-        f"Inference without autograd: throughput at batch 256 and median batch-1 latency, {rounds} interleaved rounds.",
+        "Inference without autograd: throughput at the batch shown and median batch-1 latency; the two kernels take",
+        f"passes in turn ({6 * rounds} batched, {60 * rounds} of one image), each speed-up the median over paired passes.",
         "",
-        "| config | explicit img/s | fused img/s | fused speed-up | explicit ms (b=1) | fused ms (b=1) | fused speed-up | auto picks (batch / 1) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        *kernel_inference_rows(rounds),
+        "| config | tokens | head size | batch | explicit img/s | fused img/s | fused speed-up | explicit ms (b=1) | fused ms (b=1) | fused speed-up | auto picks (batch / 1) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *kernel_inference_rows(6 * rounds),
     ]
     record("cpu_choices.md", "\n".join(lines), smoke_run=args.quick)
     return 0

@@ -21,8 +21,8 @@ repeated (median and spread):
 
 Hugging Face runs with both attention settings (eager and SDPA) and the ratio is taken against
 the faster; vitlab with its defaults (bf16 autocast where the device has bf16 units, else fp32;
-the attention kernel `model.attention=auto` picks: SDPA on CUDA, on CPU explicit under bf16 and
-in fp32 SDPA for one image and for long, wide heads: `models.vit.fused_kernel_pays`), and as its
+the attention kernel `model.attention=auto` picks: SDPA on CUDA, on CPU explicit when training under
+bf16, otherwise SDPA for one image and for long, wide heads: `models.vit.fused_kernel_pays`), and as its
 own row through torch.compile (as `train.compile: true` on CPU; on CUDA in mode reduce-overhead, with
 CUDA graphs, which `train.compile` does not use).
 Every contender gets the fused AdamW that vitlab's Trainer uses, and the whole process keeps

@@ -8,8 +8,8 @@ from tests.helpers import tiny_config
 from vitlab.config import POOL_CHOICES, POSENC_CHOICES
 from vitlab.errors import ConfigError
 from vitlab.models.vit import (
-    FUSED_FP32_MIN_KEYS,
-    FUSED_FP32_MIN_KEYS_X_HEAD_DIM,
+    FUSED_CPU_MIN_KEYS,
+    FUSED_CPU_MIN_KEYS_X_HEAD_DIM,
     SelfAttention,
     ViT,
     attend,
@@ -256,14 +256,14 @@ def count_fused_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def test_auto_attention_on_cpu_in_fp32_is_fused_for_one_image_long_rows_and_wide_heads_never_in_bf16(monkeypatch):
+def test_auto_attention_on_cpu_is_fused_for_one_image_long_rows_and_wide_heads_never_for_bf16_training(monkeypatch):
     calls = count_fused_calls(monkeypatch)
     # Two blocks and the attention pool: three attention calls a pass.
     narrow = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=56))  # 65 keys x head size 8
     wide = ViT(tiny_config(pool="map", embed_dim=256, num_heads=4, img_size=56))  # 65 keys x head size 64
     long = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=84))  # 145 keys x head size 8
     one, batch = torch.randn(1, 1, 56, 56), torch.randn(4, 1, 56, 56)
-    assert 65 * 8 < FUSED_FP32_MIN_KEYS_X_HEAD_DIM <= 65 * 64 and 65 < FUSED_FP32_MIN_KEYS <= 145 < 145 * 8
+    assert 65 * 8 < FUSED_CPU_MIN_KEYS_X_HEAD_DIM <= 65 * 64 and 65 < FUSED_CPU_MIN_KEYS <= 145 < 145 * 8
     with torch.no_grad():
         narrow(batch)
     assert len(calls) == 0
@@ -281,21 +281,34 @@ def test_auto_attention_on_cpu_in_fp32_is_fused_for_one_image_long_rows_and_wide
     assert len(calls) == 9
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the fused kernel's bf16 backward is slow on CPU
         wide(batch).float().sum().backward()
-        with torch.no_grad():
-            wide(one)
+        long(torch.randn(4, 1, 84, 84)).float().sum().backward()
+        narrow(one).float().sum().backward()
     assert len(calls) == 9
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # no backward: the fp32 rule again
+        narrow(batch)
+        assert len(calls) == 9
+        wide(batch)
+        long(torch.randn(4, 1, 84, 84))
+        narrow(one)
+    assert len(calls) == 18
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for parameter in wide.parameters():
+            parameter.requires_grad_(False)
+        wide(batch)  # nothing for autograd to go back through: inference too
+        assert len(calls) == 21
+    calls.clear()
     narrow.set_attention_kernel("sdpa")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         narrow(batch)
-    assert len(calls) == 12
+    assert len(calls) == 3
     wide.set_attention_kernel("manual")
     with torch.no_grad():
         wide(one)
-    assert len(calls) == 12
+    assert len(calls) == 3
     wide.set_attention_kernel("auto")
     with torch.no_grad():
         wide(batch, return_intermediates=True)  # attention weights need the explicit path
-    assert len(calls) == 12
+    assert len(calls) == 3
 
 
 def test_predict_proba_is_a_distribution():

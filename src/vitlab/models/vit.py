@@ -19,10 +19,10 @@ from vitlab.models.posenc import sincos_1d_table, sincos_2d_table
 Intermediates = dict[str, torch.Tensor]
 # Rows at least this long take PyTorch's bf16 softmax kernel; shorter ones are upcast (softmax_rows).
 BF16_SOFTMAX_MIN_TOKENS = 32
-# In fp32 on CPU, batches take the fused attention kernel from this many keys, or once keys x head size
-# reaches the second figure (fused_kernel_pays).
-FUSED_FP32_MIN_KEYS = 112
-FUSED_FP32_MIN_KEYS_X_HEAD_DIM = 4096
+# On CPU, batches in fp32, or in bf16 without autograd, take the fused attention kernel from this many keys,
+# or once keys x head size reaches the second figure (fused_kernel_pays).
+FUSED_CPU_MIN_KEYS = 112
+FUSED_CPU_MIN_KEYS_X_HEAD_DIM = 4096
 
 
 def attend(
@@ -40,7 +40,7 @@ def attend(
     The fused kernel cannot return its weights, so a request for them takes the explicit path,
     which computes the same function.
     """
-    fused = kernel == "sdpa" or (kernel == "auto" and fused_kernel_pays(q, k))
+    fused = kernel == "sdpa" or (kernel == "auto" and fused_kernel_pays(q, k, v))
     if fused and not need_weights:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
@@ -49,15 +49,16 @@ def attend(
     return mixed @ v, (weights if need_weights else None)
 
 
-def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether PyTorch's fused attention kernel is the faster path for these queries and keys.
+def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether PyTorch's fused attention kernel is the faster path for these queries, keys and values.
 
-    On GPUs it always is. On CPU never in bf16: its backward there is several times slower than the
-    explicit path's (training steps 0.22-0.46x as fast from 17 to 197 keys, 0.80x on ViT-S/16; batch-256
-    inference 0.91-1.05x; Intel Xeon with AMX, benchmarks/cpu_choices.py). In fp32 on CPU it pays for a single image, where fewer ops is what counts; for
-    long rows, whose batch x heads x keys x keys weights the explicit path has to write and read back
-    (from FUSED_FP32_MIN_KEYS keys); and for wide heads once keys x head size reaches
-    FUSED_FP32_MIN_KEYS_X_HEAD_DIM, where the two tie and the fused kernel keeps no weights. Measured in
+    On GPUs it always is. On CPU never in bf16 where autograd will go back through it: its bf16 backward
+    there is several times slower than the explicit path's (training steps 0.22-0.46x as fast from 17 to
+    197 keys, 0.80x on ViT-S/16; Intel Xeon with AMX, benchmarks/cpu_choices.py). Otherwise (fp32, or
+    bf16 without autograd) it pays for a single image, where fewer ops is what counts; for long rows,
+    whose batch x heads x keys x keys weights the explicit path has to write and read back (from
+    FUSED_CPU_MIN_KEYS keys); and for wide heads once keys x head size reaches
+    FUSED_CPU_MIN_KEYS_X_HEAD_DIM, where the two tie and the fused kernel keeps no weights. Measured in
     fp32 on a 2-core AMD EPYC without bf16 units (benchmarks/cpu_choices.py), fused against explicit,
     with freed memory of every size kept for reuse as vitlab's commands run: training steps at head
     size 16 (MNIST width, batch 256) 0.75-0.90x from 17 to 101 keys, 0.98x at 122, 0.99x at 145, 1.25x
@@ -67,14 +68,17 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
     back to the OS (a program importing vitlab: runtime.reuse_freed_memory), the explicit path's
     weights, above 32 MB from 101 keys at batch 256, fault in afresh every step: fused was 1.03-1.25x
     at 122 keys, 1.65-1.89x at 145, 2.5x at 197. The rule keeps the fused kernel from 112 keys: a tie
-    or better either way, and no weights kept.
+    or better either way, and no weights kept. bf16 inference on the Intel Xeon with AMX follows the
+    same lines (paired passes): batch 256 0.90x on the MNIST model, 1.01x at 101 keys (head size 16),
+    1.21x at 145, 1.28x at 197, 1.06x on the width-192 model, 1.10x on ViT-S/16 (batch 32); batch-1
+    latency 1.20x (MNIST) and 1.15x (width 192).
     """
     if q.device.type != "cpu":
         return True
-    if q.dtype != torch.float32:
+    if q.dtype != torch.float32 and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
     keys, head_dim = k.shape[-2:]
-    return q.shape[0] == 1 or keys >= FUSED_FP32_MIN_KEYS or keys * head_dim >= FUSED_FP32_MIN_KEYS_X_HEAD_DIM
+    return q.shape[0] == 1 or keys >= FUSED_CPU_MIN_KEYS or keys * head_dim >= FUSED_CPU_MIN_KEYS_X_HEAD_DIM
 
 
 def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
