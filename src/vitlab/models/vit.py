@@ -53,8 +53,8 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool
     """Whether PyTorch's fused attention kernel is the faster path for these queries, keys and values.
 
     On GPUs it always is. On CPU never in bf16 where autograd will go back through it: its bf16 backward
-    there is several times slower than the explicit path's (training steps 0.22-0.46x as fast from 17 to
-    197 keys, 0.80x on ViT-S/16; Intel Xeon with AMX, benchmarks/cpu_choices.py). Otherwise (fp32, or
+    there is several times slower than the explicit path's (training steps 0.21-0.47x as fast from 17 to
+    197 keys, 0.79x on ViT-S/16; Intel Xeon with AMX, benchmarks/cpu_choices.py). Otherwise (fp32, or
     bf16 without autograd) it pays for a single image, where fewer ops is what counts; for long rows,
     whose batch x heads x keys x keys weights the explicit path has to write and read back (from
     FUSED_CPU_MIN_KEYS keys); and for wide heads once keys x head size reaches
@@ -68,10 +68,10 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool
     back to the OS (a program importing vitlab: runtime.reuse_freed_memory), the explicit path's
     weights, above 32 MB from 101 keys at batch 256, fault in afresh every step: fused was 1.03-1.25x
     at 122 keys, 1.65-1.89x at 145, 2.5x at 197. The rule keeps the fused kernel from 112 keys: a tie
-    or better either way, and no weights kept. bf16 inference on the Intel Xeon with AMX follows the
-    same lines (paired passes): batch 256 0.90x on the MNIST model, 1.01x at 101 keys (head size 16),
-    1.21x at 145, 1.28x at 197, 1.06x on the width-192 model, 1.10x on ViT-S/16 (batch 32); batch-1
-    latency 1.20x (MNIST) and 1.15x (width 192).
+    or better either way, and no weights kept. bf16 inference on the Intel Xeon with AMX falls on the
+    same lines (passes in turn): batch 256 0.97x on the MNIST model, 1.22x at 145 keys and 1.36x at 197
+    (head size 16), 1.07x on the width-192 model, 1.12x on ViT-S/16 (batch 32); batch-1 latency
+    1.08-1.24x. At 101 keys (head size 16, left explicit) it was 1.01-1.13x in three runs that day.
     """
     if q.device.type != "cpu":
         return True
