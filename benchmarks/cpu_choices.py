@@ -188,6 +188,16 @@ def adamw_rows(rounds: int) -> list[str]:
     return rows
 
 
+def fused_speed_ups(times: dict[str, list[float]]) -> list[float]:
+    """Explicit / fused time of each pair of calls taken in turn (speed.alternating_steps), sorted."""
+    return sorted(e / f for e, f in zip(times["explicit"], times["fused"]))
+
+
+def mnist_width(side: int, patch: int = 4) -> ModelConfig:
+    """The MNIST model's width and depth on side x side images: 1 + (side / patch)^2 tokens."""
+    return model_config(speed.DEFAULT_PRESET, img_size=side, patch_size=patch)
+
+
 def kernel_pair(config) -> dict[str, torch.nn.Module]:
     """The same weights twice, one copy forced onto each attention kernel."""
     explicit = speed.vitlab_model(config)
@@ -225,7 +235,7 @@ def kernel_training_row(label: str, config, batch: int, steps: int) -> str:
     for step in steps_of.values():
         step()
     times = speed.alternating_steps(steps_of, steps)
-    ratios = sorted(e / f for e, f in zip(times["explicit"], times["fused"]))  # each step against its partner
+    ratios = fused_speed_ups(times)  # each step against its partner
     explicit, fused = (1000 * statistics.median(times[name]) for name in ("explicit", "fused"))
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     row = (
@@ -239,10 +249,10 @@ def kernel_training_row(label: str, config, batch: int, steps: int) -> str:
 def kernel_training_rows(quick: bool) -> list[str]:
     rows = []
     for side, patch in KERNEL_TOKEN_SWEEP:
-        config = model_config(speed.DEFAULT_PRESET, img_size=side, patch_size=patch)
+        config = mnist_width(side, patch)
         rows.append(kernel_training_row(f"mnist width, {side}px / patch {patch}", config, 256, 10 if quick else 100))
     for side in KERNEL_LONG_SIDES:
-        config = model_config(speed.DEFAULT_PRESET, img_size=side, patch_size=4)
+        config = mnist_width(side)
         rows.append(kernel_training_row(f"mnist width, {side}px / patch 4", config, 256, 2 if quick else 16))
     w192, batch = speed.CONFIGS["w192"]
     for side in KERNEL_W192_SIDES:
@@ -260,16 +270,8 @@ def kernel_inference_cases() -> list[tuple[str, ModelConfig, int]]:
     """(label, model, batch): the speed benchmark's three models at their inference batch, and the MNIST
     width at the training sweep's long rows (below and past the 112-key line)."""
     cases = [(name, config, speed.INFER_BATCH[name]) for name, (config, _) in speed.CONFIGS.items()]
-    long_rows = [
-        (f"mnist width, {side}px / patch 4", model_config(speed.DEFAULT_PRESET, img_size=side, patch_size=4), 256)
-        for side in (40, *KERNEL_LONG_SIDES[1:])
-    ]
+    long_rows = [(f"mnist width, {side}px / patch 4", mnist_width(side), 256) for side in (40, *KERNEL_LONG_SIDES[1:])]
     return cases[:1] + long_rows + cases[1:]
-
-
-def paired_speed_up(times: dict[str, list[float]]) -> float:
-    """Median over paired calls of explicit / fused time: the fused kernel's speed-up."""
-    return statistics.median(e / f for e, f in zip(times["explicit"], times["fused"]))
 
 
 def kernel_inference_rows(passes: int) -> list[str]:
@@ -289,8 +291,8 @@ def kernel_inference_rows(passes: int) -> list[str]:
         ms = {kernel: 1000 * statistics.median(values) for kernel, values in single.items()}
         rows.append(
             f"| {name} | {config.num_patches + 1} | {config.embed_dim // config.num_heads} | {size} "
-            f"| {img_s['explicit']:,.0f} | {img_s['fused']:,.0f} | {paired_speed_up(batched):.2f}x "
-            f"| {ms['explicit']:.3f} | {ms['fused']:.3f} | {paired_speed_up(single):.2f}x "
+            f"| {img_s['explicit']:,.0f} | {img_s['fused']:,.0f} | {statistics.median(fused_speed_ups(batched)):.2f}x "
+            f"| {ms['explicit']:.3f} | {ms['fused']:.3f} | {statistics.median(fused_speed_ups(single)):.2f}x "
             f"| {auto_picks(config, len(batch), False)} / {auto_picks(config, 1, False)} |"
         )
         print(rows[-1], flush=True)
