@@ -78,7 +78,7 @@ def fastbin_rows(pairs: int) -> list[str]:
     for name in ("mnist", "w192"):
         config, batch = speed.CONFIGS[name]
         model = speed.vitlab_model(config)
-        images = torch.randn(speed.INFER_BATCH[name], config.in_channels, config.img_size, config.img_size)
+        images = torch.randn(speed.INFER_BATCH, config.in_channels, config.img_size, config.img_size)
 
         def infer(model: torch.nn.Module = model, images: torch.Tensor = images) -> None:
             with torch.inference_mode(), torch.autocast("cpu", dtype=speed.DTYPE, enabled=speed.DTYPE is not None):

@@ -72,7 +72,7 @@ def allocator_child(config_name: str, setting: str, task: str) -> dict:
         steps = speed.REPEATS[config_name][1] * 2
         run = speed.train_step_fn(model, config, batch, False, speed.DTYPE)
     else:
-        steps, batch = 10, speed.INFER_BATCH[config_name]
+        steps, batch = 10, speed.INFER_BATCH
         images = torch.randn(batch, config.in_channels, config.img_size, config.img_size)
         model.eval()
 
@@ -269,7 +269,7 @@ def kernel_training_rows(quick: bool) -> list[str]:
 def kernel_inference_cases() -> list[tuple[str, ModelConfig, int]]:
     """(label, model, batch): the speed benchmark's three models at their inference batch, and the MNIST
     width at the training sweep's long rows (below and past the 112-key line)."""
-    cases = [(name, config, speed.INFER_BATCH[name]) for name, (config, _) in speed.CONFIGS.items()]
+    cases = [(name, config, speed.INFER_BATCH) for name, (config, _) in speed.CONFIGS.items()]
     long_rows = [(f"mnist width, {side}px / patch 4", mnist_width(side), 256) for side in (40, *KERNEL_LONG_SIDES[1:])]
     return cases[:1] + long_rows + cases[1:]
 

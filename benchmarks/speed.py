@@ -72,10 +72,9 @@ CONFIGS: dict[str, tuple[ModelConfig, int]] = {
 }
 # Rounds (contenders interleaved in each) and timed steps per round: fewer for the slow configurations.
 REPEATS = {"mnist": (5, 10), "w192": (3, 3), "s16": (3, 2)}
-INFER_BATCH = {"mnist": 256, "w192": 256, "s16": 32}
+INFER_BATCH = 256  # batched inference, as issue #4 asks, on every configuration and device
 CUDA_BATCH = {"mnist": 2048, "w192": 512, "s16": 256}
 CUDA_REPEATS = {"mnist": (5, 20), "w192": (5, 10), "s16": (3, 5)}
-CUDA_INFER_BATCH = {"mnist": 256, "w192": 256, "s16": 256}
 
 
 def use_device(name: str) -> None:
@@ -87,7 +86,6 @@ def use_device(name: str) -> None:
         for key, (config, _) in CONFIGS.items():
             CONFIGS[key] = (config, CUDA_BATCH[key])
         REPEATS.update(CUDA_REPEATS)
-        INFER_BATCH.update(CUDA_INFER_BATCH)
 
 
 def hf_model(config: ModelConfig, attention: str = "eager") -> torch.nn.Module:
@@ -153,16 +151,27 @@ def exported_onnx(model: torch.nn.Module) -> OnnxClassifier:
         return OnnxClassifier(path)
 
 
-def throughput(logits: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> float:
-    """Images/s of batched inference (after one warm-up call)."""
-    logits(images)
-    return len(images) / timed(lambda: logits(images), 3)
+def inference_fn(logits: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, dtype) -> Callable[[], None]:
+    """One inference call on `images`, under autocast when `dtype` is given (fp32 otherwise)."""
+    if dtype is None:
+        return lambda: logits(images)
+
+    def call() -> None:
+        with torch.autocast(DEVICE.type, dtype=dtype):
+            logits(images)
+
+    return call
 
 
-def latencies(logits: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> list[float]:
-    """Seconds of 50 single calls on one image (after one warm-up call)."""
-    logits(image)
-    return [timed(lambda: logits(image), 1) for _ in range(50)]
+def time_exported(exported: OnnxClassifier, images: torch.Tensor, figures: dict) -> None:
+    """The exported graph's calls on their own, batched then 50 single images (each after a warm-up call):
+    onnxruntime's threads spin on after each call, and a PyTorch call taken right after one lost 4-5 ms."""
+    batched = inference_fn(exported.logits, images, None)
+    single = inference_fn(exported.logits, images[:1], None)
+    batched()
+    figures["batch256"].append(len(images) / timed(batched, 3))
+    single()
+    figures["latency"].extend(timed(single, 1) for _ in range(50))
 
 
 def inference_summary(figures: dict) -> dict:
@@ -355,8 +364,8 @@ def timed(fn: Callable[[], None], repeats: int) -> float:
 
 
 def alternating_steps(fns: dict, steps: int) -> dict:
-    """Seconds of each function's calls (training steps), taken in turn and in reversed order every
-    other step, so that every step has a partner from each other function timed within a second of it."""
+    """Seconds of each function's calls (training steps, inference calls), taken in turn and in reversed
+    order every other step, so that every call has a partner from each other function timed next to it."""
     times: dict = {c: [] for c in fns}
     for i in range(steps):
         for c in fns if i % 2 == 0 else reversed(fns):
@@ -433,7 +442,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     result: dict = {
         "config": name,
         "batch": batch,
-        "infer_batch": INFER_BATCH[name],
+        "infer_batch": INFER_BATCH,
         "forward_gflops": forward_flops(config) / 1e9,
         "contenders": {},
     }
@@ -472,7 +481,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     step_times: list[dict[str, list[float]]] = []  # per round: each contender's model-only steps
     peak_rates: list[list[float]] = []  # per round: FLOP/s of each peak product
     for _ in range(rounds):  # interleave contenders in every round, and the machine's limit with them
-        big = torch.randn(INFER_BATCH[name], config.in_channels, config.img_size, config.img_size, device=DEVICE)
+        big = torch.randn(INFER_BATCH, config.in_channels, config.img_size, config.img_size, device=DEVICE)
         # Both kinds of step of every contender in one alternation: the data cost pairs its steps too.
         alternation = {(c, kind): fn for c in models for kind, fn in fns[c].items()}
         alternation[("machine", "peak")] = peak_product
@@ -497,18 +506,26 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         for (c, kind), seconds in times.items():
             train[c][kind].append(batch / statistics.median(seconds))
         step_times.append({c: times[(c, "model only")] for c in models})
-        for c, m in models.items():
+        # Inference: the models' calls taken in turn as well, batched, then batch-1 latency in fp32 on CPU
+        # (bf16 kernels are slower on such tiny shapes there), bf16 on CUDA; each kind after one warm-up
+        # call each. The exported graph's runner takes its calls on its own after them (time_exported).
+        batched = {c: inference_fn(m.logits, big, DTYPE) for c, m in models.items()}
+        single = {c: inference_fn(m.logits, big[:1], DTYPE if cuda else None) for c, m in models.items()}
+        for m in models.values():
             m.eval()
-            with torch.inference_mode():
-                with torch.autocast(DEVICE.type, dtype=DTYPE, enabled=DTYPE is not None):
-                    infer[c]["batch256"].append(throughput(m.logits, big))
-                # Batch-1 latency in fp32 on CPU (bf16 kernels are slower on such tiny shapes there), bf16 on CUDA.
-                with torch.autocast(DEVICE.type, dtype=DTYPE, enabled=cuda and DTYPE is not None):
-                    infer[c]["latency"].extend(latencies(m.logits, big[:1]))
+        with torch.inference_mode():
+            for fn in batched.values():
+                fn()
+            for c, seconds in alternating_steps(batched, 3).items():
+                infer[c]["batch256"].append(INFER_BATCH / statistics.median(seconds))
+            for fn in single.values():
+                fn()
+            for c, seconds in alternating_steps(single, 50).items():
+                infer[c]["latency"].extend(seconds)
+        for m in models.values():
             m.train()
         if exported is not None:
-            infer["vitlab-onnx"]["batch256"].append(throughput(exported.logits, big))
-            infer["vitlab-onnx"]["latency"].extend(latencies(exported.logits, big[:1]))
+            time_exported(exported, big, infer["vitlab-onnx"])
     # The ratio pairs each step with the faster Hugging Face setting's step taken next to it, and MFU
     # each step with the peak product taken next to it (this machine's speed drifts within seconds):
     # medians within a round, then over rounds.
@@ -611,7 +628,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         f"- {precision}; matrix-product peak at the start: fp32 {peaks['fp32']:,.0f} GFLOP/s ({size}^3), bf16 {peaks['bf16']:,.0f} GFLOP/s ({bf16_size}^3)",
         "- Contenders train in turn, one step each, model-only and with-data steps alike (order reversed every other step). The ratio pairs each step with the step of the faster Hugging Face setting taken next to it; MFU pairs each step with a "
         + peak_name
-        + f" {size}^3 product taken in the same alternation (this machine's speed drifts within seconds); medians within a round, then over rounds. Peaks in these rounds: "
+        + f" {size}^3 product taken in the same alternation (this machine's speed drifts within seconds); medians within a round, then over rounds. Inference alternates the same way, one call each: 3 batched calls and 50 single-image calls per round. Peaks in these rounds: "
         + ", ".join(
             f"{res['config']} {res['peak_gflops']['median']:,.0f} ±{res['peak_gflops']['spread']:.0%}"
             for res in results
@@ -645,7 +662,9 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
         lines += [
             "",
             "Inference through the exported graph: `vitlab export --format onnx` run by onnxruntime (fp32,",
-            "what `vitlab predict model.onnx` uses), measured in the same rounds as the rows above.",
+            "what `vitlab predict model.onnx` uses), measured in the same rounds as the rows above, after the",
+            "models' calls and not between them: onnxruntime's threads spin on after each call, and a PyTorch",
+            "call taken right after one lost 4-5 ms to them.",
             "",
             "| config | runner | infer img/s (batch) | latency b=1 median / p99 (ms) | vs vitlab eager: throughput, latency |",
             "| --- | --- | --- | --- | --- |",

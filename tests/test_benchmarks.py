@@ -122,6 +122,24 @@ def test_speed_products_replay_records_every_matrix_product_of_a_training_step()
     assert [(f, layout) for f, layout, _ in again.calls] == [(f, layout) for f, layout, _ in recorder.calls]
 
 
+def test_speed_inference_calls_run_under_autocast_only_when_given_a_dtype():
+    speed = benchmark_module("speed")
+    import torch
+
+    speed.use_device("cpu")
+    seen = []
+
+    def logits(images):
+        seen.append((len(images), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return images
+
+    images = torch.zeros(3, 1, 2, 2)
+    speed.inference_fn(logits, images, torch.bfloat16)()
+    speed.inference_fn(logits, images[:1], None)()
+    assert seen[0] == (3, True, torch.bfloat16)
+    assert seen[1][:2] == (1, False)
+
+
 def test_record_writes_a_whole_report_and_a_smoke_run_leaves_the_recorded_one(tmp_path, monkeypatch, capsys):
     common = benchmark_module("common")
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
