@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import machine_line, record, today, train_for_epochs
+from common import machine_line, median_and_quartiles, record, today, train_for_epochs
 
 # name: the libraries that provide it, most specific first (tcmalloc_minimal is tcmalloc without its profilers).
 KNOWN = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
@@ -94,8 +94,8 @@ def fastbin_rows(pairs: int) -> list[str]:
                     run()  # the first step after a switch settles the heap
                     seconds[fastbins].append(speed.timed(run, 1))
             mallopt(M_MXFAST, on_limit)
-            ratios = sorted(on / off for on, off in zip(seconds[True], seconds[False]))
-            median, low, high = statistics.median(ratios), ratios[len(ratios) // 4], ratios[3 * len(ratios) // 4]
+            ratios = [on / off for on, off in zip(seconds[True], seconds[False])]
+            median, low, high = median_and_quartiles(ratios)
             rows.append(f"| {name} | {task} | {count} | {median:.3f}x ({low:.3f}-{high:.3f}) |")
             print(rows[-1], flush=True)
     return rows

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -115,6 +116,15 @@ def record(name: str, report: str, smoke_run: bool = False) -> None:
     if not smoke_run:
         RESULTS.mkdir(exist_ok=True)
         atomic_write_text(RESULTS / name, report if report.endswith("\n") else report + "\n")
+
+
+def median_and_quartiles(ratios: list[float]) -> tuple[float, float, float]:
+    """Median, first and third quartile of paired ratios (statistics.quantiles' default method; a single
+    ratio is all three), so that every benchmark's interquartile ranges are computed alike."""
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), low, high
 
 
 def today() -> str:

@@ -36,7 +36,7 @@ from unittest import mock
 import torch
 
 import speed
-from common import machine_line, peak_rss_mb, record, today
+from common import machine_line, median_and_quartiles, peak_rss_mb, record, today
 from vitlab.config import ModelConfig
 from vitlab.engine.runtime import autocast, reuse_freed_memory
 from vitlab.models.registry import model_config
@@ -189,8 +189,8 @@ def adamw_rows(rounds: int) -> list[str]:
 
 
 def fused_speed_ups(times: dict[str, list[float]]) -> list[float]:
-    """Explicit / fused time of each pair of calls taken in turn (speed.alternating_steps), sorted."""
-    return sorted(e / f for e, f in zip(times["explicit"], times["fused"]))
+    """Explicit / fused time of each pair of calls taken in turn (speed.alternating_steps)."""
+    return [e / f for e, f in zip(times["explicit"], times["fused"])]
 
 
 def mnist_width(side: int, patch: int = 4) -> ModelConfig:
@@ -237,10 +237,10 @@ def kernel_training_row(label: str, config, batch: int, steps: int) -> str:
     times = speed.alternating_steps(steps_of, steps)
     ratios = fused_speed_ups(times)  # each step against its partner
     explicit, fused = (1000 * statistics.median(times[name]) for name in ("explicit", "fused"))
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    median, low, high = median_and_quartiles(ratios)
     row = (
         f"| {label} | {config.num_patches + 1} | {config.embed_dim // config.num_heads} | {batch} | {explicit:.1f} | {fused:.1f} "
-        f"| {statistics.median(ratios):.3f}x ({quartiles[0]:.2f}-{quartiles[2]:.2f}) | {auto_picks(config, batch, True)} |"
+        f"| {median:.3f}x ({low:.2f}-{high:.2f}) | {auto_picks(config, batch, True)} |"
     )
     print(row, flush=True)
     return row

@@ -140,6 +140,12 @@ def test_speed_inference_calls_run_under_autocast_only_when_given_a_dtype():
     assert seen[1][:2] == (1, False)
 
 
+def test_median_and_quartiles_of_paired_ratios():
+    common = benchmark_module("common")
+    assert common.median_and_quartiles([5.0, 1.0, 4.0, 2.0, 3.0]) == (3.0, 1.5, 4.5)
+    assert common.median_and_quartiles([1.25]) == (1.25, 1.25, 1.25)
+
+
 def test_record_writes_a_whole_report_and_a_smoke_run_leaves_the_recorded_one(tmp_path, monkeypatch, capsys):
     common = benchmark_module("common")
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
