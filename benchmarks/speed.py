@@ -163,15 +163,19 @@ def inference_fn(logits: Callable[[torch.Tensor], torch.Tensor], images: torch.T
     return call
 
 
-def time_exported(exported: OnnxClassifier, images: torch.Tensor, figures: dict) -> None:
-    """The exported graph's calls on their own, batched then 50 single images (each after a warm-up call):
-    onnxruntime's threads spin on after each call, and a PyTorch call taken right after one lost 4-5 ms."""
-    batched = inference_fn(exported.logits, images, None)
-    single = inference_fn(exported.logits, images[:1], None)
-    batched()
-    figures["batch256"].append(len(images) / timed(batched, 3))
-    single()
-    figures["latency"].extend(timed(single, 1) for _ in range(50))
+def time_inference(runners: dict, images: torch.Tensor, batched_dtype, single_dtype, figures: dict) -> None:
+    """The runners' calls taken in turn (alternating_steps), each kind after one warm-up call of each
+    runner: 3 batched calls (images/s from their median), then 50 on the first image alone (latencies)."""
+    batched = {c: inference_fn(logits, images, batched_dtype) for c, logits in runners.items()}
+    single = {c: inference_fn(logits, images[:1], single_dtype) for c, logits in runners.items()}
+    for fn in batched.values():
+        fn()
+    for c, seconds in alternating_steps(batched, 3).items():
+        figures[c]["batch256"].append(len(images) / statistics.median(seconds))
+    for fn in single.values():  # warmed after the batched calls, which leave other memory behind
+        fn()
+    for c, seconds in alternating_steps(single, 50).items():
+        figures[c]["latency"].extend(seconds)
 
 
 def inference_summary(figures: dict) -> dict:
@@ -506,26 +510,18 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         for (c, kind), seconds in times.items():
             train[c][kind].append(batch / statistics.median(seconds))
         step_times.append({c: times[(c, "model only")] for c in models})
-        # Inference: the models' calls taken in turn as well, batched, then batch-1 latency in fp32 on CPU
-        # (bf16 kernels are slower on such tiny shapes there), bf16 on CUDA; each kind after one warm-up
-        # call each. The exported graph's runner takes its calls on its own after them (time_exported).
-        batched = {c: inference_fn(m.logits, big, DTYPE) for c, m in models.items()}
-        single = {c: inference_fn(m.logits, big[:1], DTYPE if cuda else None) for c, m in models.items()}
+        # Inference, the models' calls taken in turn like their training steps: batched under the training
+        # dtype, batch-1 latency in fp32 on CPU (bf16 kernels are slower on such tiny shapes there), bf16 on
+        # CUDA. The exported graph's runner takes its calls on its own, after them: onnxruntime's threads
+        # spin on after each call, and a PyTorch call taken right after one lost 4-5 ms to them.
         for m in models.values():
             m.eval()
         with torch.inference_mode():
-            for fn in batched.values():
-                fn()
-            for c, seconds in alternating_steps(batched, 3).items():
-                infer[c]["batch256"].append(INFER_BATCH / statistics.median(seconds))
-            for fn in single.values():
-                fn()
-            for c, seconds in alternating_steps(single, 50).items():
-                infer[c]["latency"].extend(seconds)
+            time_inference({c: m.logits for c, m in models.items()}, big, DTYPE, DTYPE if cuda else None, infer)
         for m in models.values():
             m.train()
         if exported is not None:
-            time_exported(exported, big, infer["vitlab-onnx"])
+            time_inference({"vitlab-onnx": exported.logits}, big, None, None, infer)
     # The ratio pairs each step with the faster Hugging Face setting's step taken next to it, and MFU
     # each step with the peak product taken next to it (this machine's speed drifts within seconds):
     # medians within a round, then over rounds.

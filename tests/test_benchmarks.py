@@ -138,6 +138,12 @@ def test_speed_inference_calls_run_under_autocast_only_when_given_a_dtype():
     speed.inference_fn(logits, images[:1], None)()
     assert seen[0] == (3, True, torch.bfloat16)
     assert seen[1][:2] == (1, False)
+    # Every runner gets one batched figure and 50 batch-1 latencies per round, each kind after a warm-up call.
+    seen.clear()
+    figures = {c: {"batch256": [], "latency": []} for c in ("a", "b")}
+    speed.time_inference({"a": logits, "b": logits}, images, torch.bfloat16, None, figures)
+    assert [(n, on) for n, on, _ in seen] == [(3, True)] * (2 + 2 * 3) + [(1, False)] * (2 + 2 * 50)
+    assert all(len(f["batch256"]) == 1 and f["batch256"][0] > 0 and len(f["latency"]) == 50 for f in figures.values())
 
 
 def test_median_and_quartiles_of_paired_ratios():
