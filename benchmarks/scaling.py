@@ -7,7 +7,8 @@ of every size kept for reuse, as every vitlab command: runtime.reuse_freed_memor
 in a fresh process, so its peak memory (VmHWM) is its own:
   - step time per image;
   - attention's share of the step, measured: the same step with the attention product
-    softmax(QK^T/sqrt(d))V replaced by V (the projections stay), compared with the full step;
+    softmax(QK^T/sqrt(d))V replaced by V (the projections stay), its steps taken in turn with the
+    full step's (speed.alternating_steps), the share the median over those pairs with its quartiles;
   - attention's share of the FLOPs, analytic: 2T^2 D of a block's 4TD^2 + 2T^2 D + 2TDM;
   - peak resident memory, and the part above the process's size before the first step.
 
@@ -18,15 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
-import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
+import speed
 import vitlab.models.vit as vit_module
-from common import machine_line, peak_rss_mb, record, today
+from common import machine_line, median_and_quartiles, peak_rss_mb, record, today
 from vitlab.config import ModelConfig
 from vitlab.engine.runtime import autocast_dtype, reuse_freed_memory
 
@@ -50,9 +53,16 @@ def attention_flop_share(config: ModelConfig) -> float:
     return attention / (4 * t * d * d + 2 * t * d * m + attention)
 
 
+def passthrough_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> tuple[torch.Tensor, None]:
+    """attend() without the attention product: V passes through, one row per query (the last block
+    queries from the class token alone)."""
+    return v[:, :, : q.shape[2]], None
+
+
 def measure_point(img_size: int, batch: int, device_name: str) -> dict:
     """One point, in this process: step time with and without the attention product, and peak memory."""
     reuse_freed_memory(every_size=True)
+    speed.use_device(device_name)  # its timers wait for the GPU
     device = torch.device(device_name)
     dtype = autocast_dtype("auto", device)
     config = config_for(img_size)
@@ -68,34 +78,29 @@ def measure_point(img_size: int, batch: int, device_name: str) -> dict:
         loss.backward()
         optimizer.step()
 
-    def seconds_per_step() -> float:
-        step()  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times = []
-        while sum(times) < 3.0 and len(times) < 50:
-            start = time.perf_counter()
+    def step_without_attention() -> None:
+        with mock.patch.object(vit_module, "attend", passthrough_attention):
             step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
 
     before = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    full = seconds_per_step()
+    step_without_attention()  # warm-ups
+    step()
+    first = speed.timed(step, 1)
+    # About 3 s of full steps, as many without attention, each timed next to its partner: this
+    # machine's speed drifts within seconds, which one stretch of each once read as a 0% share.
+    pairs = max(4, min(50, int(3.0 / first)))
+    times = speed.alternating_steps({"full": step, "without": step_without_attention}, pairs)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
-    # The same step without the attention product: V passes through, the projections stay (one
-    # row per query: the last block queries from the class token alone).
-    vit_module.attend = lambda q, k, v, **kwargs: (v[:, :, : q.shape[2]], None)
-    without = seconds_per_step()
+    share, share_low, share_high = median_and_quartiles([1 - w / f for f, w in zip(times["full"], times["without"])])
     return {
         "img_size": img_size,
         "tokens": config.num_tokens,
         "batch": batch,
-        "ms_per_image": 1000 * full / batch,
-        "attention_time_share": max(0.0, 1 - without / full),
+        "ms_per_image": 1000 * statistics.median(times["full"]) / batch,
+        "attention_time_share": max(0.0, share),
+        "attention_time_quartiles": [max(0.0, share_low), max(0.0, share_high)],
         "attention_flop_share": attention_flop_share(config),
         "peak_mb": peak,
         "above_start_mb": peak - (0.0 if device.type == "cuda" else before),
@@ -117,13 +122,13 @@ def run_point(img_size: int, batch: int, device: str) -> dict:
 
 def table(rows: list[dict]) -> list[str]:
     lines = [
-        "| image | tokens | batch | ms / image | attention share of time (measured) | attention share of FLOPs | peak memory (MB) | above start (MB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| image | tokens | batch | ms / image | attention share of time (measured) | its quartiles | attention share of FLOPs | peak memory (MB) | above start (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['img_size']}x{r['img_size']} | {r['tokens']} | {r['batch']} | {r['ms_per_image']:.2f} "
-            f"| {r['attention_time_share']:.0%} | {r['attention_flop_share']:.0%} | {r['peak_mb']:,.0f} | {r['above_start_mb']:,.0f} |"
+            f"| {r['attention_time_share']:.0%} | {r['attention_time_quartiles'][0]:.0%}-{r['attention_time_quartiles'][1]:.0%} | {r['attention_flop_share']:.0%} | {r['peak_mb']:,.0f} | {r['above_start_mb']:,.0f} |"
         )
     return lines
 
