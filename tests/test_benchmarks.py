@@ -138,12 +138,23 @@ def test_speed_inference_calls_run_under_autocast_only_when_given_a_dtype():
     speed.inference_fn(logits, images[:1], None)()
     assert seen[0] == (3, True, torch.bfloat16)
     assert seen[1][:2] == (1, False)
-    # Every runner gets one batched figure and 50 batch-1 latencies per round, each kind after a warm-up call.
+    # Every runner gets one batched figure and 50 batch-1 latencies per round from runs of consecutive calls,
+    # and 50 from calls one each in turn, each kind after a warm-up call.
     seen.clear()
-    figures = {c: {"batch256": [], "latency": []} for c in ("a", "b")}
-    speed.time_inference({"a": logits, "b": logits}, images, torch.bfloat16, None, figures)
-    assert [(n, on) for n, on, _ in seen] == [(3, True)] * (2 + 2 * 3) + [(1, False)] * (2 + 2 * 50)
-    assert all(len(f["batch256"]) == 1 and f["batch256"][0] > 0 and len(f["latency"]) == 50 for f in figures.values())
+    order = []
+    runners = {c: (lambda images, c=c: order.append(c) or logits(images)) for c in ("a", "b")}
+    figures = {c: speed.inference_figures() for c in runners}
+    speed.time_inference(runners, images, torch.bfloat16, None, figures)
+    assert [(n, on) for n, on, _ in seen] == [(3, True)] * (2 + 2 * 3) + [(1, False)] * (2 + 2 * 50 + 2 * 50)
+    single = order[2 + 2 * 3 + 2 :]
+    assert single[:100] == (["a"] * 10 + ["b"] * 10 + ["b"] * 10 + ["a"] * 10) * 2 + ["a"] * 10 + ["b"] * 10
+    assert single[100:] == ["a", "b", "b", "a"] * 25
+    for f in figures.values():
+        assert len(f["batch256"]) == 1 and f["batch256"][0] > 0
+        assert len(f["latency"]) == len(f["latency_in_turn"]) == 50
+    summary = speed.inference_summary(figures["a"])
+    assert 0 < summary["latency_ms"]["median"] <= summary["latency_ms"]["p99"]
+    assert summary["latency_in_turn_ms"]["median"] > 0
 
 
 def test_median_and_quartiles_of_paired_ratios():
