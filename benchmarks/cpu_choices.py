@@ -275,8 +275,10 @@ def kernel_inference_cases() -> list[tuple[str, ModelConfig, int]]:
 
 
 def kernel_inference_rows(passes: int) -> list[str]:
-    """Batched throughput and batch-1 latency of the two kernels, pass by pass in turn
-    (speed.alternating_steps), each speed-up the median over paired passes."""
+    """Batched throughput and batch-1 latency of the two kernels in turn (speed.alternating_steps):
+    batched calls one each in turn, single images in runs of 10 consecutive calls per kernel (a model
+    serving single images answers them one after another; see speed.time_inference), each speed-up the
+    median over calls paired by their place in the turn."""
     rows = []
     for name, config, size in kernel_inference_cases():
         models = {kernel: model.eval() for kernel, model in kernel_pair(config).items()}
@@ -286,7 +288,9 @@ def kernel_inference_rows(passes: int) -> list[str]:
             for model in models.values():
                 model(batch), model(image)
             batched = speed.alternating_steps({k: functools.partial(m, batch) for k, m in models.items()}, passes)
-            single = speed.alternating_steps({k: functools.partial(m, image) for k, m in models.items()}, 10 * passes)
+            single = speed.alternating_steps(
+                {k: functools.partial(m, image) for k, m in models.items()}, passes, calls_per_turn=10
+            )
         img_s = {kernel: size / statistics.median(values) for kernel, values in batched.items()}
         ms = {kernel: 1000 * statistics.median(values) for kernel, values in single.items()}
         rows.append(
@@ -357,7 +361,7 @@ def main() -> int:
         *kernel_training_rows(args.quick),
         "",
         "Inference without autograd: throughput at the batch shown and median batch-1 latency; the two kernels take",
-        f"passes in turn ({6 * rounds} batched, {60 * rounds} of one image), each speed-up the median over paired passes.",
+        f"turns ({6 * rounds} batched calls one each in turn; {6 * rounds} runs of 10 consecutive single-image calls each), each speed-up the median over calls paired by their place in the turn.",
         "",
         "| config | tokens | head size | batch | explicit img/s | fused img/s | fused speed-up | explicit ms (b=1) | fused ms (b=1) | fused speed-up | auto picks (batch / 1) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

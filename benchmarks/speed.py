@@ -166,7 +166,8 @@ def inference_fn(logits: Callable[[torch.Tensor], torch.Tensor], images: torch.T
 def time_inference(runners: dict, images: torch.Tensor, batched_dtype, single_dtype, figures: dict) -> None:
     """The runners' calls taken in turn (alternating_steps), each kind after one warm-up call of each
     runner: 3 batched calls (images/s from their median), then the first image alone: 5 turns of 10
-    consecutive calls per runner (latencies), then 50 calls one each in turn (latencies in turn)."""
+    consecutive calls per runner (latencies), then, with more than one runner, 50 calls one each in turn
+    (latencies in turn; a runner alone has no other calls between its own)."""
     batched = {c: inference_fn(logits, images, batched_dtype) for c, logits in runners.items()}
     single = {c: inference_fn(logits, images[:1], single_dtype) for c, logits in runners.items()}
     for fn in batched.values():
@@ -181,8 +182,9 @@ def time_inference(runners: dict, images: torch.Tensor, batched_dtype, single_dt
     # consecutive calls, the runs still in turn; the call-by-call figure is kept beside it.
     for c, seconds in alternating_steps(single, 5, calls_per_turn=10).items():
         figures[c]["latency"].extend(seconds)
-    for c, seconds in alternating_steps(single, 50).items():
-        figures[c]["latency_in_turn"].extend(seconds)
+    if len(single) > 1:
+        for c, seconds in alternating_steps(single, 50).items():
+            figures[c]["latency_in_turn"].extend(seconds)
 
 
 def inference_figures() -> dict[str, list[float]]:
@@ -192,14 +194,16 @@ def inference_figures() -> dict[str, list[float]]:
 
 def inference_summary(figures: dict) -> dict:
     latencies = sorted(figures["latency"])
-    return {
+    summary = {
         "infer_throughput": Measure(figures["batch256"]).summary(),
         "latency_ms": {
             "median": 1000 * statistics.median(latencies),
             "p99": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         },
-        "latency_in_turn_ms": {"median": 1000 * statistics.median(figures["latency_in_turn"])},
     }
+    if figures["latency_in_turn"]:
+        summary["latency_in_turn_ms"] = {"median": 1000 * statistics.median(figures["latency_in_turn"])}
+    return summary
 
 
 @dataclass
@@ -662,10 +666,11 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
             data_cost = 1 - td["median"] / tm["median"]
             ratio = v["ratio_vs_hf_best"]
             ratio_text = f"{ratio['median']:.2f}x ±{ratio['spread']:.0%}" if ratio else "n/a"
+            in_turn = f"{v['latency_in_turn_ms']['median']:.2f}" if "latency_in_turn_ms" in v else "n/a"
             lines.append(
                 f"| {res['config']} (batch {res['batch']}) | {c} | {rate(tm['median'])} ±{tm['spread']:.0%} | {rate(td['median'])} ±{td['spread']:.0%} "
                 f"| {data_cost:.0%} | {ratio_text} | {v['mfu']['median']:.0%} | {rate(v['infer_throughput']['median'])} ({res['infer_batch']}) "
-                f"| {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} | {v['latency_in_turn_ms']['median']:.2f} "
+                f"| {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} | {in_turn} "
                 f"| {v.get('peak_memory_mb', float('nan')):,.0f} |"
             )
     exported_rows = [(res, runner, figures) for res in results for runner, figures in res.get("exported", {}).items()]

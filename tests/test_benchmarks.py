@@ -155,6 +155,12 @@ def test_speed_inference_calls_run_under_autocast_only_when_given_a_dtype():
     summary = speed.inference_summary(figures["a"])
     assert 0 < summary["latency_ms"]["median"] <= summary["latency_ms"]["p99"]
     assert summary["latency_in_turn_ms"]["median"] > 0
+    # A runner alone (the exported graph's) has no other calls to take turns with: no in-turn figure.
+    order.clear()
+    alone = {"a": speed.inference_figures()}
+    speed.time_inference({"a": runners["a"]}, images, None, None, alone)
+    assert len(order) == 1 + 3 + 1 + 50 and len(alone["a"]["latency"]) == 50
+    assert "latency_in_turn_ms" not in speed.inference_summary(alone["a"])
 
 
 def test_median_and_quartiles_of_paired_ratios():
