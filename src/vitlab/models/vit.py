@@ -69,9 +69,10 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool
     weights, above 32 MB from 101 keys at batch 256, fault in afresh every step: fused was 1.03-1.25x
     at 122 keys, 1.65-1.89x at 145, 2.5x at 197. The rule keeps the fused kernel from 112 keys: a tie
     or better either way, and no weights kept. bf16 inference on the Intel Xeon with AMX falls on the
-    same lines (passes in turn): batch 256 0.97x on the MNIST model, 1.22x at 145 keys and 1.36x at 197
-    (head size 16), 1.07x on the width-192 model, 1.12x on ViT-S/16 (batch 32); batch-1 latency
-    1.08-1.24x. At 101 keys (head size 16, left explicit) it was 1.01-1.13x in three runs that day.
+    same lines (calls in turn, batch 256): 0.97-1.02x on the MNIST model, 1.20-1.36x at 145 and 197 keys
+    (head size 16), 1.07-1.10x on the width-192 model, 1.12x on ViT-S/16; batch-1 latency 1.08-1.24x.
+    Below the line it wins too little to move it: head size 16, 0.79x at 26 and 37 keys, 1.02-1.12x
+    from 50 to 82, 0.99-1.13x at 101; head size 32, 0.90x, 1.12x, 0.98x and 1.04x at 37, 50, 65, 101.
     """
     if q.device.type != "cpu":
         return True
