@@ -3,13 +3,16 @@
 Runs the command exactly as a user types it (in a temporary folder), then records wall-clock
 time, peak resident memory of the process, test accuracy per epoch and the final accuracy in
 benchmarks/results/mnist_default.md (mnist_default_cuda.md where PyTorch sees a GPU, which
-`vitlab train` then trains on).
+`vitlab train` then trains on). With --compile the same command with `train.compile=true`, the
+compile time included, in mnist_default_compiled.md: whether torch.compile pays for itself on a
+whole default run.
 
-    python benchmarks/mnist_default.py
+    python benchmarks/mnist_default.py [--compile]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -26,10 +29,14 @@ PEAK_MEMORY_LIMIT_MB = 2048
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compile", action="store_true", help="train with train.compile=true")
+    args = parser.parse_args()
     cuda = torch.cuda.is_available()  # the device `vitlab train` picks with its default device=auto
     workdir = Path(tempfile.mkdtemp(prefix="vitlab-bench-"))
     vitlab = shutil.which("vitlab") or "vitlab"
-    wall, peak_mb, _ = run_to_end([vitlab, "train", "--quiet"], cwd=workdir)
+    command = [vitlab, "train", "--quiet"] + (["train.compile=true"] if args.compile else [])
+    wall, peak_mb, _ = run_to_end(command, cwd=workdir)
     run_dir = next((workdir / "runs").iterdir())
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = epochs[-1]["test_accuracy"]
@@ -42,9 +49,11 @@ def main() -> int:
         f"| {e['epoch']} | {e['train_loss']:.4f} | {e['test_accuracy']:.2%} | {e['images_per_second']:,.0f} | {e['seconds']:.1f} |"
         for e in epochs
     )
-    report = f"""# `vitlab train` with no arguments (MNIST, default preset)
+    shown = " ".join(["vitlab"] + command[1:])
+    title = "`vitlab train train.compile=true`" if args.compile else "`vitlab train` with no arguments"
+    report = f"""# {title} (MNIST, default preset)
 
-- Command: `python benchmarks/mnist_default.py` (runs `vitlab train --quiet` in a fresh folder)
+- Command: `python benchmarks/mnist_default.py{" --compile" if args.compile else ""}` (runs `{shown}` in a fresh folder)
 - Machine: {machine_line(gpu=cuda)}
 - Date: {today()}
 
@@ -64,7 +73,8 @@ Resolved config of the run:
 {config.strip()}
 ```
 """
-    record("mnist_default_cuda.md" if cuda else "mnist_default.md", report)
+    name = "mnist_default" + ("_compiled" if args.compile else "") + ("_cuda" if cuda else "")
+    record(f"{name}.md", report)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
