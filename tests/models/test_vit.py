@@ -1,5 +1,6 @@
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from tests.helpers import tiny_config
 from vitlab.config import POOL_CHOICES, POSENC_CHOICES
 from vitlab.errors import ConfigError
+from vitlab.models import vit as vit_module
 from vitlab.models.vit import (
     FUSED_CPU_MIN_KEYS,
     FUSED_CPU_MIN_KEYS_X_HEAD_DIM,
@@ -257,6 +259,7 @@ def count_fused_calls(monkeypatch) -> list[int]:
 
 
 def test_auto_attention_on_cpu_is_fused_for_one_image_long_rows_and_wide_heads_never_for_bf16_training(monkeypatch):
+    monkeypatch.setattr(vit_module, "cpu_has_amx", lambda: True)  # bf16 inference follows the fp32 rule there
     calls = count_fused_calls(monkeypatch)
     # Two blocks and the attention pool: three attention calls a pass.
     narrow = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=56))  # 65 keys x head size 8
@@ -309,6 +312,38 @@ def test_auto_attention_on_cpu_is_fused_for_one_image_long_rows_and_wide_heads_n
     with torch.no_grad():
         wide(batch, return_intermediates=True)  # attention weights need the explicit path
     assert len(calls) == 3
+
+
+def test_bf16_inference_without_amx_stays_explicit_for_batches_up_to_the_score_cap(monkeypatch):
+    monkeypatch.setattr(vit_module, "cpu_has_amx", lambda: False)
+    calls = count_fused_calls(monkeypatch)
+    # Two blocks and the attention pool: three attention calls a pass; the pool has one query.
+    wide = ViT(tiny_config(pool="map", embed_dim=256, num_heads=4, img_size=56)).eval()  # 65 keys x head size 64
+    long = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=84)).eval()  # 145 keys x head size 8
+    batch = torch.randn(4, 1, 56, 56)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        wide(batch)
+        long(torch.randn(4, 1, 84, 84))
+    assert len(calls) == 0
+    with torch.no_grad():
+        wide(batch)  # fp32 keeps its rule
+    assert len(calls) == 3
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        wide(batch[:1])  # a single image still takes the fused kernel
+    assert len(calls) == 6
+    # A cap under the blocks' 4 images x 4 heads x 64 tokens x 64 tokens and over the pool's single query.
+    monkeypatch.setattr(vit_module, "EXPLICIT_BF16_MAX_SCORES", 4 * 4 * 60 * 60)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        wide(batch)
+    assert len(calls) == 8
+
+
+def test_cpu_has_amx_agrees_with_the_cpu_flags_linux_lists():
+    cpuinfo = Path("/proc/cpuinfo")
+    has_amx = vit_module.cpu_has_amx()
+    assert isinstance(has_amx, bool)
+    if cpuinfo.exists():
+        assert has_amx == ("amx_tile" in cpuinfo.read_text().split())
 
 
 def test_predict_proba_is_a_distribution():

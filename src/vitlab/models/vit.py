@@ -7,6 +7,7 @@ including each layer's attention weights, so explanations need no hooks.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,6 +24,9 @@ BF16_SOFTMAX_MIN_TOKENS = 32
 # or once keys x head size reaches the second figure (fused_kernel_pays).
 FUSED_CPU_MIN_KEYS = 112
 FUSED_CPU_MIN_KEYS_X_HEAD_DIM = 4096
+# bf16 batches without autograd on a CPU without AMX take the explicit path while its scores (batch x heads x
+# queries x keys) stay within this many, twice ViT-S/16's at batch 256; past it the fused kernel bounds memory.
+EXPLICIT_BF16_MAX_SCORES = 1 << 27
 
 
 def attend(
@@ -73,13 +77,30 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool
     (head size 16), 1.07-1.10x on the width-192 model, 1.12x on ViT-S/16; batch-1 latency 1.08-1.24x.
     Below the line it wins too little to move it: head size 16, 0.79x at 26 and 37 keys, 1.02-1.12x
     from 50 to 82, 0.99-1.13x at 101; head size 32, 0.90x, 1.12x, 0.98x and 1.04x at 37, 50, 65, 101.
+    Without AMX the fused kernel's bf16 forward loses at every batched shape measured: on a 2-core AMD
+    EPYC with AVX-512 BF16 (2026-12-06), batch-256 inference 0.75x on the MNIST model, 0.80x at 101
+    keys, 0.91x and 0.89x at 145 and 197 (head size 16), 0.84x on the width-192 model, 0.91x on
+    ViT-S/16. There bf16 batches keep the explicit path up to EXPLICIT_BF16_MAX_SCORES scores, whose
+    weights are then at most 256 MB a layer; a single image still takes the fused kernel (1.09-1.20x,
+    0.96x on ViT-S/16).
     """
     if q.device.type != "cpu":
         return True
     if q.dtype != torch.float32 and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
     keys, head_dim = k.shape[-2:]
-    return q.shape[0] == 1 or keys >= FUSED_CPU_MIN_KEYS or keys * head_dim >= FUSED_CPU_MIN_KEYS_X_HEAD_DIM
+    if q.shape[0] == 1:
+        return True
+    if q.dtype != torch.float32 and not cpu_has_amx():
+        return q.shape[:-1].numel() * keys > EXPLICIT_BF16_MAX_SCORES
+    return keys >= FUSED_CPU_MIN_KEYS or keys * head_dim >= FUSED_CPU_MIN_KEYS_X_HEAD_DIM
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, which multiply bf16 matrices (Intel Xeon from Sapphire Rapids on)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
 
 
 def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
