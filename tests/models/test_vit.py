@@ -262,11 +262,11 @@ def test_auto_attention_on_cpu_is_fused_for_one_image_long_rows_and_wide_heads_n
     monkeypatch.setattr(vit_module, "cpu_has_amx", lambda: True)  # bf16 inference follows the fp32 rule there
     calls = count_fused_calls(monkeypatch)
     # Two blocks and the attention pool: three attention calls a pass.
-    narrow = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=56))  # 65 keys x head size 8
-    wide = ViT(tiny_config(pool="map", embed_dim=256, num_heads=4, img_size=56))  # 65 keys x head size 64
-    long = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=84))  # 145 keys x head size 8
+    narrow = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=56))  # 64 keys x head size 8
+    wide = ViT(tiny_config(pool="map", embed_dim=256, num_heads=4, img_size=56))  # 64 keys x head size 64
+    long = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=84))  # 144 keys x head size 8
     one, batch = torch.randn(1, 1, 56, 56), torch.randn(4, 1, 56, 56)
-    assert 65 * 8 < FUSED_CPU_MIN_KEYS_X_HEAD_DIM <= 65 * 64 and 65 < FUSED_CPU_MIN_KEYS <= 145 < 145 * 8
+    assert 64 * 8 < FUSED_CPU_MIN_KEYS_X_HEAD_DIM <= 64 * 64 and 64 < FUSED_CPU_MIN_KEYS <= 144 < 144 * 8
     with torch.no_grad():
         narrow(batch)
     assert len(calls) == 0
@@ -318,8 +318,8 @@ def test_bf16_inference_without_amx_stays_explicit_for_batches_up_to_the_score_c
     monkeypatch.setattr(vit_module, "cpu_has_amx", lambda: False)
     calls = count_fused_calls(monkeypatch)
     # Two blocks and the attention pool: three attention calls a pass; the pool has one query.
-    wide = ViT(tiny_config(pool="map", embed_dim=256, num_heads=4, img_size=56)).eval()  # 65 keys x head size 64
-    long = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=84)).eval()  # 145 keys x head size 8
+    wide = ViT(tiny_config(pool="map", embed_dim=256, num_heads=4, img_size=56)).eval()  # 64 keys x head size 64
+    long = ViT(tiny_config(pool="map", embed_dim=32, num_heads=4, img_size=84)).eval()  # 144 keys x head size 8
     batch = torch.randn(4, 1, 56, 56)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         wide(batch)
@@ -331,7 +331,7 @@ def test_bf16_inference_without_amx_stays_explicit_for_batches_up_to_the_score_c
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         wide(batch[:1])  # a single image still takes the fused kernel
     assert len(calls) == 6
-    # A cap under the blocks' 4 images x 4 heads x 64 tokens x 64 tokens and over the pool's single query.
+    # A cap under the blocks' 4 images x 4 heads x 64 queries x 64 keys and over the pool's single query.
     monkeypatch.setattr(vit_module, "EXPLICIT_BF16_MAX_SCORES", 4 * 4 * 60 * 60)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         wide(batch)

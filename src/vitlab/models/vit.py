@@ -25,7 +25,7 @@ BF16_SOFTMAX_MIN_TOKENS = 32
 FUSED_CPU_MIN_KEYS = 112
 FUSED_CPU_MIN_KEYS_X_HEAD_DIM = 4096
 # bf16 batches without autograd on a CPU without AMX take the explicit path while its scores (batch x heads x
-# queries x keys) stay within this many, twice ViT-S/16's at batch 256; past it the fused kernel bounds memory.
+# queries x keys) stay within this many, 2.25x ViT-S/16's at batch 256; past it the fused kernel bounds memory.
 EXPLICIT_BF16_MAX_SCORES = 1 << 27
 
 
