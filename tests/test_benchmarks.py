@@ -186,3 +186,45 @@ def test_a_missing_cifar_archive_stops_the_benchmark_in_one_line(tmp_path, monke
     monkeypatch.setattr(common, "CIFAR_ARCHIVE", tmp_path / "nowhere.tar.gz")
     with pytest.raises(SystemExit, match="no CIFAR-10 JPEG archive at .*nowhere.tar.gz: set VITLAB_SHARED_DATA"):
         common.cifar_folder(tmp_path / "work")
+
+
+def test_step_costs_fits_a_fixed_and_a_per_image_cost_and_says_what_the_target_needs(monkeypatch, capsys):
+    step_costs = benchmark_module("step_costs")
+    # A step of 10 ms plus 0.1 ms per image is recovered exactly; a point off the line is reported.
+    fixed, per_image, worst = step_costs.fit_line([16, 64, 256], [0.0116, 0.0164, 0.0356])
+    assert (round(fixed, 6), round(per_image, 7), round(worst, 9)) == (0.01, 0.0001, 0.0)
+    assert step_costs.fit_line([16, 64, 256], [0.0116, 0.0164 * 1.1, 0.0356])[2] > 0.03
+    # vitlab's step at batch 256 takes 38.16 ms (10 ms + 110 us an image) and the peer's 1.25x as long:
+    # 1.5x the peer's speed allows 38.16 x 1.25 / 1.5 = 31.8 ms, 85.2 us an image after the fixed 10 ms.
+    result = {
+        "batches": [64, 256],
+        "contenders": {"vitlab": {"fixed_ms": 10.0, "per_image_us": 110.0, "step_ms": [17.04, 38.16]}},
+        "vs_peer": {"vitlab": {"batches": [(1.2, 1.1, 1.3), (1.25, 1.2, 1.3)]}},
+    }
+    text = step_costs.needed_for_target(result, 256)
+    assert "allows a step of 31.8 ms" in text
+    assert "keeping its fixed 10.0 ms, it would have to be 85.2 us (23% less)" in text
+    assert "with no fixed cost at all, 124.2 us (met as it is)" in text
+
+    # A smoke run on a tiny model, eager contenders only (compiling a graph per batch size takes minutes):
+    # every contender's line and ratios reach the report, which a quick run does not record.
+    import torch
+
+    from vitlab.config import ModelConfig
+
+    speed = benchmark_module("speed")
+    speed.use_device("cpu")
+    tiny = ModelConfig(img_size=8, in_channels=1, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    monkeypatch.setitem(speed.CONFIGS, "mnist", (tiny, 4))
+    monkeypatch.setitem(step_costs.BATCHES, "mnist", (2, 4, 8))
+    monkeypatch.setattr(step_costs, "CONTENDERS", ("vitlab", "hf-eager"))
+    torch.manual_seed(0)
+    result = step_costs.bench_config("mnist", rounds=1, steps=1)
+    for figures in result["contenders"].values():
+        assert len(figures["step_ms"]) == 3 and all(ms > 0 for ms in figures["step_ms"])
+        assert figures["fit_worst"] >= 0
+    capsys.readouterr()
+    step_costs.write_report([result], quick=True)
+    report = capsys.readouterr().out
+    assert re.search(r"^\| vitlab( \| -?[\d.]+x \(-?[\d.]+--?[\d.]+\)){5} \|$", report, flags=re.MULTILINE)
+    assert "1.5x hf-eager's speed (the paired ratio's median) allows a step of" in report

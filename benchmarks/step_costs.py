@@ -1,0 +1,200 @@
+"""Step costs: a training step's time split into a cost per step and a cost per image, vitlab against Hugging Face.
+
+Issue #4 asks vitlab to train the default MNIST model 1.5x as fast as Hugging Face's ViT. A step's
+time is close to a straight line in the batch size: a fixed part (Python, the dispatcher, autograd,
+the optimizer, every kernel's set-up) and a part per image (the arithmetic and memory traffic of the
+images themselves). This fits that line for each contender, so the ratio can be read part by part:
+the per-image ratio is what the speed ratio tends to at large batches, and no batch size gives more
+than the larger of the two parts' ratios. Contenders as in speed.py (vitlab eager, vitlab through
+torch.compile with one static graph per batch size, Hugging Face with eager attention, its faster
+setting on CPU), the same training step (speed.train_step_fn: AdamW fused, autocast as vitlab picks,
+a ready batch), steps of every batch size and contender taken in turn (speed.alternating_steps),
+medians over the rounds; least squares over the batch sizes.
+
+    python benchmarks/step_costs.py [--configs mnist,w192] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+
+import torch
+
+import speed
+from common import machine_line, median_and_quartiles, record, today
+from vitlab.engine.runtime import reuse_freed_memory
+
+BATCHES = {"mnist": (16, 32, 64, 128, 256, 512), "w192": (8, 16, 32, 64, 128)}
+# Rounds (every batch size and contender in turn in each) and steps per turn.
+REPEATS = {"mnist": (15, 3), "w192": (7, 1)}
+CONTENDERS = ("vitlab", "vitlab-compiled", "hf-eager")
+PEER = "hf-eager"
+TARGET = 1.5  # issue #4's training-speed target on the MNIST model
+
+
+def fit_line(batches: list[int], seconds: list[float]) -> tuple[float, float, float]:
+    """Least-squares seconds = fixed + per_image x batch: (fixed, per_image, the worst point's distance
+    from the line as a fraction of its time)."""
+    mean_b, mean_s = statistics.fmean(batches), statistics.fmean(seconds)
+    per_image = sum((b - mean_b) * (s - mean_s) for b, s in zip(batches, seconds)) / sum(
+        (b - mean_b) ** 2 for b in batches
+    )
+    fixed = mean_s - per_image * mean_b
+    worst = max(abs(fixed + per_image * b - s) / s for b, s in zip(batches, seconds))
+    return fixed, per_image, worst
+
+
+def step_fns(name: str, batches: tuple[int, ...]) -> dict[tuple[str, int], Callable[[], None]]:
+    """A training step per (contender, batch size), ordered by batch size so that the contenders' steps of
+    one size are taken next to each other; each eager contender's model is shared across batch sizes,
+    the compiled contender gets one static graph per batch size (a graph with a symbolic batch would
+    measure another kernel set)."""
+    config, _ = speed.CONFIGS[name]
+    torch._dynamo.reset()
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(batches))
+    eager = {c: speed.CONTENDERS[c](config) for c in CONTENDERS if c != "vitlab-compiled"}
+    fns = {}
+    for batch in batches:
+        for contender in CONTENDERS:
+            model = eager.get(contender)
+            if model is None:
+                model = speed.vitlab_model(config)
+                model.logits = torch.compile(model.forward, dynamic=False)
+            fns[contender, batch] = speed.train_step_fn(model, config, batch, False, speed.DTYPE)
+    return fns
+
+
+def bench_config(name: str, rounds: int, steps: int) -> dict:
+    """Step times per batch size and contender (medians over the rounds) with their fitted lines, and each
+    contender's speed against PEER: per batch size, and per part of the line fitted in each round, paired
+    round by round (this machine's speed drifts between rounds; one round's steps are taken close together)."""
+    batches = BATCHES[name]
+    fns = step_fns(name, batches)
+    for fn in fns.values():  # warm-up, and compilation
+        speed.timed(fn, 2)
+    times = speed.alternating_steps(fns, rounds, calls_per_turn=steps)
+    per_round = {
+        key: [statistics.median(s[r * steps : (r + 1) * steps]) for r in range(rounds)] for key, s in times.items()
+    }
+    result: dict = {"config": name, "batches": list(batches), "contenders": {}, "vs_peer": {}}
+    lines = {}
+    for contender in CONTENDERS:
+        seconds = [statistics.median(per_round[contender, b]) for b in batches]
+        fixed, per_image, worst = fit_line(list(batches), seconds)
+        result["contenders"][contender] = {
+            "step_ms": [1000 * s for s in seconds],
+            "fixed_ms": 1000 * fixed,
+            "per_image_us": 1e6 * per_image,
+            "fit_worst": worst,
+        }
+        lines[contender] = [
+            fit_line(list(batches), [per_round[contender, b][r] for b in batches]) for r in range(rounds)
+        ]
+    for contender in CONTENDERS:
+        if contender == PEER:
+            continue
+        result["vs_peer"][contender] = {
+            "batches": [
+                median_and_quartiles([p / o for p, o in zip(per_round[PEER, b], per_round[contender, b])])
+                for b in batches
+            ],
+            "fixed": median_and_quartiles([p[0] / o[0] for p, o in zip(lines[PEER], lines[contender])]),
+            "per_image": median_and_quartiles([p[1] / o[1] for p, o in zip(lines[PEER], lines[contender])]),
+        }
+    return result
+
+
+def needed_for_target(result: dict, batch: int) -> str:
+    """What vitlab's eager step would need for TARGET x the peer's speed at `batch`, part by part."""
+    ours = result["contenders"]["vitlab"]
+    index = result["batches"].index(batch)
+    allowed_ms = ours["step_ms"][index] * result["vs_peer"]["vitlab"]["batches"][index][0] / TARGET
+    keeping_fixed_us = (allowed_ms - ours["fixed_ms"]) * 1000 / batch
+    no_fixed_us = allowed_ms * 1000 / batch
+
+    def cut(needed_us: float) -> str:
+        if needed_us <= 0:
+            return "below zero (out of reach)"
+        if needed_us >= ours["per_image_us"]:
+            return f"{needed_us:.1f} us (met as it is)"
+        return f"{needed_us:.1f} us ({1 - needed_us / ours['per_image_us']:.0%} less)"
+
+    return (
+        f"At batch {batch}, {TARGET}x {PEER}'s speed (the paired ratio's median) allows a step of {allowed_ms:.1f} ms. "
+        f"vitlab's per-image cost is {ours['per_image_us']:.1f} us; keeping its fixed {ours['fixed_ms']:.1f} ms, "
+        f"it would have to be {cut(keeping_fixed_us)}; with no fixed cost at all, {cut(no_fixed_us)}."
+    )
+
+
+def ratio(figures: tuple[float, float, float]) -> str:
+    """A median ratio and its quartiles, for a table."""
+    median, low, high = figures
+    return f"{median:.2f}x ({low:.2f}-{high:.2f})"
+
+
+def write_report(results: list[dict], quick: bool) -> None:
+    lines = [
+        "# Step costs: a training step's fixed and per-image parts, vitlab against Hugging Face",
+        "",
+        f"- Command: `{' '.join(['python', 'benchmarks/step_costs.py', *sys.argv[1:]])}`",
+        f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
+        f"- Date: {today()}",
+        f"- Training step as in speed.py (autocast {speed.DTYPE}, fused AdamW, a ready batch; freed memory kept for reuse "
+        "as vitlab's commands do); in each round every batch size in turn, its contenders' steps next to each other; "
+        "step times are medians over the rounds, each line fitted to them by least squares over the batch sizes. vitlab-compiled: one static torch.compile graph per batch size.",
+        "",
+    ]
+    for result in results:
+        name, batches = result["config"], result["batches"]
+        lines += [
+            f"## {name}",
+            "",
+            "| contender | "
+            + " | ".join(f"batch {b} (ms)" for b in batches)
+            + " | fixed per step (ms) | per image (us) "
+            "| worst point off the line |",
+            "| --- | " + " | ".join("---" for _ in batches) + " | --- | --- | --- |",
+        ]
+        for contender, figures in result["contenders"].items():
+            steps = " | ".join(f"{ms:.2f}" for ms in figures["step_ms"])
+            lines.append(
+                f"| {contender} | {steps} | {figures['fixed_ms']:.2f} | {figures['per_image_us']:.1f} "
+                f"| {figures['fit_worst']:.1%} |"
+            )
+        lines += [
+            "",
+            f"Speed against {PEER} (its step time over the contender's), paired round by round, median and quartiles: "
+            "at each batch size, and for each part of the lines fitted in each round.",
+            "",
+            "| contender | " + " | ".join(f"batch {b}" for b in batches) + " | fixed part | per-image part |",
+            "| --- | " + " | ".join("---" for _ in batches) + " | --- | --- |",
+        ]
+        for contender, versus in result["vs_peer"].items():
+            measured = " | ".join(ratio(r) for r in versus["batches"])
+            lines.append(f"| {contender} | {measured} | {ratio(versus['fixed'])} | {ratio(versus['per_image'])} |")
+        lines += ["", needed_for_target(result, 256 if 256 in batches else batches[-1]), ""]
+    record("step_costs.md", "\n".join(lines), smoke_run=quick)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="mnist,w192")
+    parser.add_argument("--quick", action="store_true", help="one round of one step: a smoke run that records nothing")
+    args = parser.parse_args()
+    speed.use_device("cpu")
+    reuse_freed_memory(every_size=True)  # as every vitlab command (and speed.py, for every contender)
+    results = []
+    for name in args.configs.split(","):
+        if name not in BATCHES:
+            parser.error(f"unknown configuration {name!r}; choose from {', '.join(BATCHES)}")
+        rounds, steps = (1, 1) if args.quick else REPEATS[name]
+        results.append(bench_config(name, rounds, steps))
+    write_report(results, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
