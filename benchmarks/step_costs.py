@@ -8,8 +8,10 @@ the per-image ratio is what the speed ratio tends to at large batches, and no ba
 than the larger of the two parts' ratios. Contenders as in speed.py (vitlab eager, vitlab through
 torch.compile with one static graph per batch size, Hugging Face with eager attention, its faster
 setting on CPU), the same training step (speed.train_step_fn: AdamW fused, autocast as vitlab picks,
-a ready batch), steps of every batch size and contender taken in turn (speed.alternating_steps),
-medians over the rounds; least squares over the batch sizes.
+a ready batch). In each round every batch size in turn, its contenders' steps next to each other
+(speed.alternating_steps); the speed ratios pair each contender's steps with the peer's of the same
+round, for each batch size and for each part of the lines fitted round by round (this machine's speed
+drifts between rounds), medians and quartiles over the rounds.
 
     python benchmarks/step_costs.py [--configs mnist,w192] [--quick]
 """
