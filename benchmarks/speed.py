@@ -120,17 +120,20 @@ def vitlab_model(config: ModelConfig) -> torch.nn.Module:
     return model
 
 
-def vitlab_compiled(config: ModelConfig) -> torch.nn.Module:
+def vitlab_compiled(config: ModelConfig, dynamic: bool | None = None) -> torch.nn.Module:
     """vitlab's model through torch.compile: inductor's fused kernels, as `train.compile: true` runs it on
     CPU; on CUDA also CUDA graphs (mode reduce-overhead), which remove launch overhead and which
-    `train.compile` does not use (its default mode has none)."""
+    `train.compile` does not use (its default mode has none). `dynamic` is torch.compile's: False keeps
+    a static graph even where another model's graph of another batch size came first."""
     import torch._inductor.config as inductor_config
 
     # Inductor's tiling analysis trips an assertion on the w192 model (torch 2.11, CUDA); it only picks tile shapes.
     if hasattr(inductor_config.triton, "coalesce_tiling_analysis"):
         inductor_config.triton.coalesce_tiling_analysis = False
     model = vitlab_model(config)
-    model.logits = torch.compile(model.forward, mode="reduce-overhead" if DEVICE.type == "cuda" else None)
+    model.logits = torch.compile(
+        model.forward, mode="reduce-overhead" if DEVICE.type == "cuda" else None, dynamic=dynamic
+    )
     return model
 
 

@@ -61,10 +61,7 @@ def step_fns(name: str, batches: tuple[int, ...]) -> dict[tuple[str, int], Calla
     fns = {}
     for batch in batches:
         for contender in CONTENDERS:
-            model = eager.get(contender)
-            if model is None:
-                model = speed.vitlab_model(config)
-                model.logits = torch.compile(model.forward, dynamic=False)
+            model = eager[contender] if contender in eager else speed.vitlab_compiled(config, dynamic=False)
             fns[contender, batch] = speed.train_step_fn(model, config, batch, False, speed.DTYPE)
     return fns
 
@@ -82,7 +79,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         key: [statistics.median(s[r * steps : (r + 1) * steps]) for r in range(rounds)] for key, s in times.items()
     }
     result: dict = {"config": name, "batches": list(batches), "contenders": {}, "vs_peer": {}}
-    lines = {}
+    round_lines = {}
     for contender in CONTENDERS:
         seconds = [statistics.median(per_round[contender, b]) for b in batches]
         fixed, per_image, worst = fit_line(list(batches), seconds)
@@ -92,7 +89,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             "per_image_us": 1e6 * per_image,
             "fit_worst": worst,
         }
-        lines[contender] = [
+        round_lines[contender] = [
             fit_line(list(batches), [per_round[contender, b][r] for b in batches]) for r in range(rounds)
         ]
     for contender in CONTENDERS:
@@ -103,8 +100,8 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
                 median_and_quartiles([p / o for p, o in zip(per_round[PEER, b], per_round[contender, b])])
                 for b in batches
             ],
-            "fixed": median_and_quartiles([p[0] / o[0] for p, o in zip(lines[PEER], lines[contender])]),
-            "per_image": median_and_quartiles([p[1] / o[1] for p, o in zip(lines[PEER], lines[contender])]),
+            "fixed": median_and_quartiles([p[0] / o[0] for p, o in zip(round_lines[PEER], round_lines[contender])]),
+            "per_image": median_and_quartiles([p[1] / o[1] for p, o in zip(round_lines[PEER], round_lines[contender])]),
         }
     return result
 
@@ -146,7 +143,8 @@ def write_report(results: list[dict], quick: bool) -> None:
         f"- Date: {today()}",
         f"- Training step as in speed.py (autocast {speed.DTYPE}, fused AdamW, a ready batch; freed memory kept for reuse "
         "as vitlab's commands do); in each round every batch size in turn, its contenders' steps next to each other; "
-        "step times are medians over the rounds, each line fitted to them by least squares over the batch sizes. vitlab-compiled: one static torch.compile graph per batch size.",
+        "step times are medians over the rounds, each line fitted to them by least squares over the batch sizes. "
+        "vitlab-compiled: one static torch.compile graph per batch size.",
         "",
     ]
     for result in results:

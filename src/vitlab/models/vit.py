@@ -108,11 +108,11 @@ def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
 
     PyTorch's bf16 softmax kernel computes in fp32 inside and rounds once, so its weights equal an
     fp32 softmax rounded to bf16, without an fp32 copy of the tokens x tokens weights: from 32
-    tokens on it is the faster path (1.1-2.5x, forward + backward) but at 40 tokens on the AMD EPYC with
-    AVX-512 BF16 (0.71x and 0.79x there: past 32 lanes a row's tail runs in scalar code; no preset has
-    rows of 33 to 49 tokens, so the line stays). Rows shorter than its 32-lane
-    vector fall to scalar code, 2-4.4x slower than upcasting to fp32 and back; 17 tokens is the
-    default MNIST model (benchmarks/cpu_choices.py, on this 2-core AVX-512 CPU).
+    tokens on it is the faster path (1.1-2.5x, forward + backward) but at 40 tokens on the AMD EPYC
+    with AVX-512 BF16 (0.71x and 0.79x there: past 32 lanes a row's tail runs in scalar code; no
+    preset has rows of 33 to 49 tokens, so the line stays). Rows shorter than its 32-lane vector
+    fall to scalar code, 2-4.4x slower than upcasting to fp32 and back; 17 tokens is the default
+    MNIST model (benchmarks/cpu_choices.py, on this 2-core AVX-512 CPU).
     """
     if scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < BF16_SOFTMAX_MIN_TOKENS:
         return scores.float().softmax(dim=-1).to(scores.dtype)
