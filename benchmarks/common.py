@@ -127,6 +127,12 @@ def median_and_quartiles(ratios: list[float]) -> tuple[float, float, float]:
     return statistics.median(ratios), low, high
 
 
+def ratio_with_quartiles(figures: tuple[float, float, float]) -> str:
+    """A median ratio and its quartiles (median_and_quartiles' figures), for a table: 1.20x (1.02-1.44)."""
+    median, low, high = figures
+    return f"{median:.2f}x ({low:.2f}-{high:.2f})"
+
+
 def today() -> str:
     """The date in ISO form (UTC)."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

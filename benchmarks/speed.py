@@ -618,6 +618,32 @@ def main() -> int:
     return 0
 
 
+def cpu_step_benchmark_main(
+    description: str,
+    default_configs: str,
+    repeats: dict[str, tuple[int, int]],
+    bench_config: Callable[[str, int, int], dict],
+    write_report: Callable[[list[dict], bool], None],
+) -> int:
+    """The command line of the CPU training-step benchmarks built on this module (step_costs.py,
+    step_breakdown.py): --configs, among `repeats`' keys, and --quick (one round of one step, recording
+    nothing); each configuration measured by bench_config(name, rounds, steps), then the report written."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--configs", default=default_configs)
+    parser.add_argument("--quick", action="store_true", help="one round of one step: a smoke run that records nothing")
+    args = parser.parse_args()
+    use_device("cpu")
+    reuse_freed_memory(every_size=True)  # as every vitlab command (and this module, for every contender)
+    results = []
+    for name in args.configs.split(","):
+        if name not in repeats:
+            parser.error(f"unknown configuration {name!r}; choose from {', '.join(repeats)}")
+        rounds, steps = (1, 1) if args.quick else repeats[name]
+        results.append(bench_config(name, rounds, steps))
+    write_report(results, args.quick)
+    return 0
+
+
 def rate(images_per_second: float) -> str:
     """Images/s for a table: whole numbers, with a decimal below 100 (ViT-S/16 trains at 5-12 img/s on CPU)."""
     return f"{images_per_second:,.0f}" if images_per_second >= 100 else f"{images_per_second:.1f}"

@@ -18,7 +18,6 @@ drifts between rounds), medians and quartiles over the rounds.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable
@@ -26,8 +25,7 @@ from collections.abc import Callable
 import torch
 
 import speed
-from common import machine_line, median_and_quartiles, record, today
-from vitlab.engine.runtime import reuse_freed_memory
+from common import machine_line, median_and_quartiles, ratio_with_quartiles, record, today
 
 BATCHES = {"mnist": (16, 32, 64, 128, 256, 512), "w192": (8, 16, 32, 64, 128)}
 # Rounds (every batch size and contender in turn in each) and steps per turn.
@@ -128,12 +126,6 @@ def needed_for_target(result: dict, batch: int) -> str:
     )
 
 
-def ratio(figures: tuple[float, float, float]) -> str:
-    """A median ratio and its quartiles, for a table."""
-    median, low, high = figures
-    return f"{median:.2f}x ({low:.2f}-{high:.2f})"
-
-
 def write_report(results: list[dict], quick: bool) -> None:
     lines = [
         "# Step costs: a training step's fixed and per-image parts, vitlab against Hugging Face",
@@ -173,27 +165,15 @@ def write_report(results: list[dict], quick: bool) -> None:
             "| --- | " + " | ".join("---" for _ in batches) + " | --- | --- |",
         ]
         for contender, versus in result["vs_peer"].items():
-            measured = " | ".join(ratio(r) for r in versus["batches"])
-            lines.append(f"| {contender} | {measured} | {ratio(versus['fixed'])} | {ratio(versus['per_image'])} |")
+            measured = " | ".join(ratio_with_quartiles(r) for r in versus["batches"])
+            fixed, per_image = ratio_with_quartiles(versus["fixed"]), ratio_with_quartiles(versus["per_image"])
+            lines.append(f"| {contender} | {measured} | {fixed} | {per_image} |")
         lines += ["", needed_for_target(result, 256 if 256 in batches else batches[-1]), ""]
     record("step_costs.md", "\n".join(lines), smoke_run=quick)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="mnist,w192")
-    parser.add_argument("--quick", action="store_true", help="one round of one step: a smoke run that records nothing")
-    args = parser.parse_args()
-    speed.use_device("cpu")
-    reuse_freed_memory(every_size=True)  # as every vitlab command (and speed.py, for every contender)
-    results = []
-    for name in args.configs.split(","):
-        if name not in BATCHES:
-            parser.error(f"unknown configuration {name!r}; choose from {', '.join(BATCHES)}")
-        rounds, steps = (1, 1) if args.quick else REPEATS[name]
-        results.append(bench_config(name, rounds, steps))
-    write_report(results, args.quick)
-    return 0
+    return speed.cpu_step_benchmark_main(__doc__.splitlines()[0], "mnist,w192", REPEATS, bench_config, write_report)
 
 
 if __name__ == "__main__":

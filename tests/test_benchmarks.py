@@ -228,3 +228,48 @@ def test_step_costs_fits_a_fixed_and_a_per_image_cost_and_says_what_the_target_n
     report = capsys.readouterr().out
     assert re.search(r"^\| vitlab( \| -?[\d.]+x \(-?[\d.]+--?[\d.]+\)){5} \|$", report, flags=re.MULTILINE)
     assert "1.5x hf-eager's speed (the paired ratio's median) allows a step of" in report
+
+
+def test_step_breakdown_sorts_each_operator_into_its_kind_and_accounts_for_the_whole_step(monkeypatch, capsys):
+    step_breakdown = benchmark_module("step_breakdown")
+    kind_of = step_breakdown.kind_of
+    assert kind_of("aten::addmm") == kind_of("aten::mm") == "matrix products"
+    assert kind_of("aten::bmm") == "attention's batched products"
+    assert kind_of("aten::gelu_backward") == "GELU"
+    assert kind_of("aten::copy_") == "copies and casts"
+    assert kind_of("graph_0_cpp_fused_gelu_view_6") == "fused kernels (torch.compile)"
+    for overhead in ("aten::view", "aten::linear", "AddmmBackward0", "Optimizer.step#AdamW.step"):
+        assert kind_of(overhead) == step_breakdown.OVERHEAD, overhead
+    assert kind_of("aten::add") == kind_of("aten::nll_loss_backward") == step_breakdown.OTHER
+
+    # A smoke run on a tiny model, eager contenders only (compiling takes minutes): the kinds and the
+    # untraced rest add up to each profiled step, products and GELU are found in both models, and the
+    # report, which a quick run does not record, has a row per kind with its ratio to the peer.
+    import torch
+
+    from vitlab.config import ModelConfig
+
+    speed = benchmark_module("speed")
+    speed.use_device("cpu")
+    tiny = ModelConfig(img_size=8, in_channels=1, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    monkeypatch.setitem(speed.CONFIGS, "mnist", (tiny, 4))
+    monkeypatch.setattr(step_breakdown, "CONTENDERS", ("vitlab", "hf-eager"))
+    torch.manual_seed(0)
+    result = step_breakdown.bench_config("mnist", rounds=1, steps=2)
+    for figures in result["contenders"].values():
+        kinds = figures["kinds_ms"]
+        assert kinds["matrix products"] > 0 and kinds["GELU"] > 0 and figures["wall_ms"] > 0
+        assert sum(kinds.values()) == pytest.approx(figures["profiled_ms"])
+    capsys.readouterr()
+    step_breakdown.write_report([result], quick=True)
+    report = capsys.readouterr().out
+    assert re.search(
+        r"^\| matrix products \| [\d.]+ \(\d+%\) \| [\d.]+ \(\d+%\) \| [\d.]+x \([\d.]+-[\d.]+\) \|$",
+        report,
+        re.MULTILINE,
+    )
+    assert re.search(
+        r"^\| \*\*step, unprofiled\*\* \| \*\*[\d.]+\*\* \| \*\*[\d.]+\*\* \| \*\*[\d.]+x \([\d.]+-[\d.]+\)\*\* \|$",
+        report,
+        re.M,
+    )
