@@ -125,15 +125,15 @@ def kind_of(name: str) -> str:
     return OTHER
 
 
-def profiled_kinds(step: Callable[[], None], steps: int) -> dict[str, float]:
-    """Seconds per step of each kind of work over `steps` profiled steps (operators' self times), and under
-    UNTRACED the profiled steps' wall time that no operator accounts for."""
+def profiled_kinds(step: Callable[[], None]) -> dict[str, float]:
+    """Seconds of each kind of work in one profiled step (operators' self times), and under UNTRACED the
+    step's wall time that no operator accounts for."""
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        wall = speed.timed(step, steps)
+        wall = speed.timed(step, 1)
     seconds: dict[str, float] = {}
     for event in profiler.key_averages():
         kind = kind_of(event.key)
-        seconds[kind] = seconds.get(kind, 0.0) + event.self_cpu_time_total / 1e6 / steps
+        seconds[kind] = seconds.get(kind, 0.0) + event.self_cpu_time_total / 1e6
     seconds[UNTRACED] = wall - sum(seconds.values())
     return seconds
 
@@ -164,7 +164,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
             walls[contender] += seconds
         for turn in range(steps):
             for contender, fn in fns.items() if turn % 2 == 0 else reversed(fns.items()):
-                kinds[contender].append(profiled_kinds(fn, 1))
+                kinds[contender].append(profiled_kinds(fn))
     result: dict = {"config": name, "batch": speed.CONFIGS[name][1], "contenders": {}}
     for contender in fns:
         names = sorted({k for per_step in kinds[contender] for k in per_step})

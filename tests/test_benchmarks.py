@@ -188,6 +188,20 @@ def test_a_missing_cifar_archive_stops_the_benchmark_in_one_line(tmp_path, monke
         common.cifar_folder(tmp_path / "work")
 
 
+def use_a_tiny_mnist_config(monkeypatch) -> None:
+    """Point speed.py's "mnist" configuration, on CPU, at a one-block model of 8x8 images trained at batch 4
+    (the step benchmarks' smoke runs), with a fixed seed."""
+    import torch
+
+    from vitlab.config import ModelConfig
+
+    speed = benchmark_module("speed")
+    speed.use_device("cpu")
+    tiny = ModelConfig(img_size=8, in_channels=1, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    monkeypatch.setitem(speed.CONFIGS, "mnist", (tiny, 4))
+    torch.manual_seed(0)
+
+
 def test_step_costs_fits_a_fixed_and_a_per_image_cost_and_says_what_the_target_needs(monkeypatch, capsys):
     step_costs = benchmark_module("step_costs")
     # A step of 10 ms plus 0.1 ms per image is recovered exactly; a point off the line is reported.
@@ -208,17 +222,9 @@ def test_step_costs_fits_a_fixed_and_a_per_image_cost_and_says_what_the_target_n
 
     # A smoke run on a tiny model, eager contenders only (compiling a graph per batch size takes minutes):
     # every contender's line and ratios reach the report, which a quick run does not record.
-    import torch
-
-    from vitlab.config import ModelConfig
-
-    speed = benchmark_module("speed")
-    speed.use_device("cpu")
-    tiny = ModelConfig(img_size=8, in_channels=1, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3)
-    monkeypatch.setitem(speed.CONFIGS, "mnist", (tiny, 4))
+    use_a_tiny_mnist_config(monkeypatch)
     monkeypatch.setitem(step_costs.BATCHES, "mnist", (2, 4, 8))
     monkeypatch.setattr(step_costs, "CONTENDERS", ("vitlab", "hf-eager"))
-    torch.manual_seed(0)
     result = step_costs.bench_config("mnist", rounds=1, steps=1)
     for figures in result["contenders"].values():
         assert len(figures["step_ms"]) == 3 and all(ms > 0 for ms in figures["step_ms"])
@@ -245,16 +251,8 @@ def test_step_breakdown_sorts_each_operator_into_its_kind_and_accounts_for_the_w
     # A smoke run on a tiny model, eager contenders only (compiling takes minutes): the kinds and the
     # untraced rest add up to each profiled step, products and GELU are found in both models, and the
     # report, which a quick run does not record, has a row per kind with its ratio to the peer.
-    import torch
-
-    from vitlab.config import ModelConfig
-
-    speed = benchmark_module("speed")
-    speed.use_device("cpu")
-    tiny = ModelConfig(img_size=8, in_channels=1, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3)
-    monkeypatch.setitem(speed.CONFIGS, "mnist", (tiny, 4))
+    use_a_tiny_mnist_config(monkeypatch)
     monkeypatch.setattr(step_breakdown, "CONTENDERS", ("vitlab", "hf-eager"))
-    torch.manual_seed(0)
     result = step_breakdown.bench_config("mnist", rounds=1, steps=2)
     for figures in result["contenders"].values():
         kinds = figures["kinds_ms"]
