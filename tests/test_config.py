@@ -31,6 +31,20 @@ def test_overrides_refuse_unknown_ambiguous_or_mistyped_values():
         apply_overrides(RunConfig(), ["depth"])
 
 
+def test_unknown_keys_are_answered_with_the_nearest_spellings_or_the_keys_there_are():
+    def message(override: str) -> str:
+        with pytest.raises(ConfigError) as caught:
+            apply_overrides(RunConfig(), [override])
+        return str(caught.value)
+
+    assert message("model.embed_dims=64").endswith("did you mean model.embed_dim?")
+    assert message("pach_size=7").endswith("did you mean model.patch_size or train.batch_size?")
+    assert message("Depth=3").endswith("did you mean model.depth?")
+    listed = message("train.momentum=0.9")
+    assert "the keys are train: epochs, batch_size," in listed and "model:" not in listed and "patch_size" not in listed
+    assert all(f"{section}: " in message("lr_min=0.1") for section in ("model", "data", "train"))
+
+
 def test_layers_apply_in_order_preset_file_flags_overrides(tmp_path):
     (tmp_path / "run.yaml").write_text("preset: mnist-tiny\nmodel:\n  depth: 3\ntrain:\n  epochs: 5\n  lr: 0.004\n")
     config = resolve_run_config(config_file=str(tmp_path / "run.yaml"), epochs=2, overrides=["train.lr=0.001"])

@@ -8,6 +8,7 @@ name is unique across sections); values are parsed as YAML scalars.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -328,17 +329,31 @@ def apply_overrides(config: RunConfig, overrides: list[str], sections: tuple[str
     return RunConfig.from_dict(raw)
 
 
+def _unknown_key(key: str, section: str | None) -> ConfigError:
+    """The error for a key that no section (or not `section`) has: the nearest spellings, else the
+    keys there are, so that a mistyped key can be mended from the message alone."""
+    sections = [section] if section else list(_SECTIONS)
+    names = {s: [f.name for f in fields(_SECTIONS[s])] for s in sections}
+    owner = {name: s for s in sections for name in names[s]}
+    bare = key.split(".", 1)[1] if section else key
+    close = difflib.get_close_matches(bare.lower(), list(owner), n=3, cutoff=0.75)
+    if close:
+        return ConfigError(f"unknown config key {key!r}; did you mean {' or '.join(f'{owner[c]}.{c}' for c in close)}?")
+    listed = "; ".join(f"{s}: {', '.join(names[s])}" for s in sections)
+    return ConfigError(f"unknown config key {key!r}; the keys are {listed}")
+
+
 def _resolve_key(key: str) -> tuple[str, str]:
     if "." in key:
         section, name = key.split(".", 1)
         if section not in _SECTIONS:
             raise ConfigError(f"unknown config section {section!r} in {key!r}; use model, data or train")
         if name not in {f.name for f in fields(_SECTIONS[section])}:
-            raise ConfigError(f"unknown config key {key!r}")
+            raise _unknown_key(key, section)
         return section, name
     owners = [s for s, cls in _SECTIONS.items() if key in {f.name for f in fields(cls)}]
     if not owners:
-        raise ConfigError(f"unknown config key {key!r}")
+        raise _unknown_key(key, None)
     if len(owners) > 1:
         raise ConfigError(f"config key {key!r} is ambiguous; write one of {', '.join(f'{s}.{key}' for s in owners)}")
     return owners[0], key
