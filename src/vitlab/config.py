@@ -334,11 +334,11 @@ def _unknown_key(key: str, section: str | None) -> ConfigError:
     keys there are, so that a mistyped key can be mended from the message alone."""
     sections = [section] if section else list(_SECTIONS)
     names = {s: [f.name for f in fields(_SECTIONS[s])] for s in sections}
-    owner = {name: s for s in sections for name in names[s]}
     bare = key.split(".", 1)[1] if section else key
-    close = difflib.get_close_matches(bare.lower(), list(owner), n=3, cutoff=0.75)
-    if close:
-        return ConfigError(f"unknown config key {key!r}; did you mean {' or '.join(f'{owner[c]}.{c}' for c in close)}?")
+    close = difflib.get_close_matches(bare.lower(), [n for s in sections for n in names[s]], n=3, cutoff=0.75)
+    if close:  # a name in two sections would be offered in both
+        offers = [f"{s}.{n}" for n in dict.fromkeys(close) for s in sections if n in names[s]]
+        return ConfigError(f"unknown config key {key!r}; did you mean {' or '.join(offers)}?")
     listed = "; ".join(f"{s}: {', '.join(names[s])}" for s in sections)
     return ConfigError(f"unknown config key {key!r}; the keys are {listed}")
 
