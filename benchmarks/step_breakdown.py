@@ -159,12 +159,16 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         speed.timed(fn, 2)
     walls: dict[str, list[float]] = {c: [] for c in fns}
     kinds: dict[str, list[dict[str, float]]] = {c: [] for c in fns}
+
+    def profile_into(contender: str) -> Callable[[], None]:
+        return lambda: kinds[contender].append(profiled_kinds(fns[contender]))
+
+    # Profiled in the timed steps' alternating order, so that the contenders' i-th profiles pair up.
+    profiled = {c: profile_into(c) for c in fns}
     for _ in range(rounds):
         for contender, seconds in speed.alternating_steps(fns, steps).items():
             walls[contender] += seconds
-        for turn in range(steps):
-            for contender, fn in fns.items() if turn % 2 == 0 else reversed(fns.items()):
-                kinds[contender].append(profiled_kinds(fn))
+        speed.alternating_steps(profiled, steps)
     result: dict = {"config": name, "batch": speed.CONFIGS[name][1], "contenders": {}}
     for contender in fns:
         names = sorted({k for per_step in kinds[contender] for k in per_step})

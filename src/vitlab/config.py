@@ -272,6 +272,8 @@ class RunConfig:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+# Each section's key names, in field order, as overrides and their errors name them.
+_SECTION_KEYS = {section: tuple(f.name for f in fields(cls)) for section, cls in _SECTIONS.items()}
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -332,14 +334,14 @@ def apply_overrides(config: RunConfig, overrides: list[str], sections: tuple[str
 def _unknown_key(key: str, section: str | None) -> ConfigError:
     """The error for a key that no section (or not `section`) has: the nearest spellings, else the
     keys there are, so that a mistyped key can be mended from the message alone."""
-    sections = [section] if section else list(_SECTIONS)
-    names = {s: [f.name for f in fields(_SECTIONS[s])] for s in sections}
+    sections = [section] if section else list(_SECTION_KEYS)
     bare = key.split(".", 1)[1] if section else key
-    close = difflib.get_close_matches(bare.lower(), [n for s in sections for n in names[s]], n=3, cutoff=0.75)
+    candidates = [n for s in sections for n in _SECTION_KEYS[s]]
+    close = difflib.get_close_matches(bare.lower(), candidates, n=3, cutoff=0.75)
     if close:  # a name in two sections would be offered in both
-        offers = [f"{s}.{n}" for n in dict.fromkeys(close) for s in sections if n in names[s]]
+        offers = [f"{s}.{n}" for n in dict.fromkeys(close) for s in sections if n in _SECTION_KEYS[s]]
         return ConfigError(f"unknown config key {key!r}; did you mean {' or '.join(offers)}?")
-    listed = "; ".join(f"{s}: {', '.join(names[s])}" for s in sections)
+    listed = "; ".join(f"{s}: {', '.join(_SECTION_KEYS[s])}" for s in sections)
     return ConfigError(f"unknown config key {key!r}; the keys are {listed}")
 
 
@@ -348,10 +350,10 @@ def _resolve_key(key: str) -> tuple[str, str]:
         section, name = key.split(".", 1)
         if section not in _SECTIONS:
             raise ConfigError(f"unknown config section {section!r} in {key!r}; use model, data or train")
-        if name not in {f.name for f in fields(_SECTIONS[section])}:
+        if name not in _SECTION_KEYS[section]:
             raise _unknown_key(key, section)
         return section, name
-    owners = [s for s, cls in _SECTIONS.items() if key in {f.name for f in fields(cls)}]
+    owners = [s for s, names in _SECTION_KEYS.items() if key in names]
     if not owners:
         raise _unknown_key(key, None)
     if len(owners) > 1:
