@@ -45,6 +45,14 @@ def test_unknown_keys_are_answered_with_the_nearest_spellings_or_the_keys_there_
     assert all(f"{section}: " in message("lr_min=0.1") for section in ("model", "data", "train"))
 
 
+def test_a_config_files_unknown_keys_are_answered_with_the_nearest_spellings_and_the_known_keys(tmp_path):
+    (tmp_path / "run.yaml").write_text("model:\n  embed_dims: 64\n  1: 2\ntrain:\n  epochs: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        resolve_run_config(config_file=str(tmp_path / "run.yaml"))
+    message = str(caught.value)
+    assert message.startswith("unknown model key(s): 1, embed_dims (did you mean embed_dim?); known: arch,")
+
+
 def test_layers_apply_in_order_preset_file_flags_overrides(tmp_path):
     (tmp_path / "run.yaml").write_text("preset: mnist-tiny\nmodel:\n  depth: 3\ntrain:\n  epochs: 5\n  lr: 0.004\n")
     config = resolve_run_config(config_file=str(tmp_path / "run.yaml"), epochs=2, overrides=["train.lr=0.001"])

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -305,9 +306,13 @@ def section_from_dict(cls: type, raw: dict[str, Any], section: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"config section {section!r} must be a mapping")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
+    unknown = sorted(set(raw) - set(known), key=str)
     if unknown:
-        raise ConfigError(f"unknown {section} key(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        named = []
+        for key in unknown:
+            close = _near_names(str(key), known)
+            named.append(f"{key} (did you mean {' or '.join(close)}?)" if close else str(key))
+        raise ConfigError(f"unknown {section} key(s): {', '.join(named)}; known: {', '.join(known)}")
     return cls(**{k: _coerce(section, known[k], v) for k, v in raw.items()})
 
 
@@ -331,13 +336,17 @@ def apply_overrides(config: RunConfig, overrides: list[str], sections: tuple[str
     return RunConfig.from_dict(raw)
 
 
+def _near_names(name: str, candidates: Iterable[str]) -> list[str]:
+    """The few candidates spelled nearest to a mistyped key name, best first (case aside)."""
+    return difflib.get_close_matches(name.lower(), list(candidates), n=3, cutoff=0.75)
+
+
 def _unknown_key(key: str, section: str | None) -> ConfigError:
     """The error for a key that no section (or not `section`) has: the nearest spellings, else the
     keys there are, so that a mistyped key can be mended from the message alone."""
     sections = [section] if section else list(_SECTION_KEYS)
     bare = key.split(".", 1)[1] if section else key
-    candidates = [n for s in sections for n in _SECTION_KEYS[s]]
-    close = difflib.get_close_matches(bare.lower(), candidates, n=3, cutoff=0.75)
+    close = _near_names(bare, [n for s in sections for n in _SECTION_KEYS[s]])
     if close:  # a name in two sections would be offered in both
         offers = [f"{s}.{n}" for n in dict.fromkeys(close) for s in sections if n in _SECTION_KEYS[s]]
         return ConfigError(f"unknown config key {key!r}; did you mean {' or '.join(offers)}?")
