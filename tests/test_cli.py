@@ -157,6 +157,12 @@ def test_eval_holds_out_the_images_a_folder_run_held_out(tmp_path, monkeypatch, 
     assert f"vitlab: note: {folder} has changed since the model trained on it" in changed
     resumed = vitlab("train", "--resume", run_dir, "--epochs", 3, "--quiet", env=env)
     assert f"vitlab: note: {folder} has changed since this run began" in resumed.stderr
+    (folder / "b" / "notes.txt").write_text("not an image: left out of the score, and said so")
+    noted = vitlab("eval", run_dir, env=env).stderr
+    assert (
+        f"vitlab: note: 1 file(s) not in PNG, JPEG, BMP, WebP, GIF or TIFF format left out (first: {folder / 'b' / 'notes.txt'})"
+        in noted
+    )
 
 
 def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
@@ -164,7 +170,15 @@ def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
     digit = load_split("mnist", "test").images[0, 0].numpy()
     big = Image.fromarray(digit).resize((100, 100))
     paths = []
-    for mode, ext in (("L", "png"), ("RGBA", "png"), ("RGB", "jpg"), ("P", "bmp"), ("RGB", "webp")):
+    for mode, ext in (
+        ("L", "png"),
+        ("RGBA", "png"),
+        ("RGB", "jpg"),
+        ("P", "bmp"),
+        ("RGB", "webp"),
+        ("P", "gif"),
+        ("F", "tif"),
+    ):
         path = tmp_path / f"digit_{mode}.{ext}"
         big.convert(mode).save(path)
         paths.append(path)
@@ -179,7 +193,12 @@ def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
     human = vitlab("predict", run_dir, paths[0]).stdout
     assert str(paths[0]) in human and "%" in human
     (tmp_path / "notes.txt").write_text("not an image, and not an image name either")
-    whole_folder = json.loads(vitlab("predict", run_dir, tmp_path, "--top-k", 2, "--json").stdout)["predictions"]
+    (tmp_path / ".hidden").write_text("hidden files are passed over without a word")
+    listed = vitlab("predict", run_dir, tmp_path, "--top-k", 2, "--json")
+    assert f"1 file(s) not in PNG, JPEG, BMP, WebP, GIF or TIFF format left out (first: {tmp_path / 'notes.txt'})" in (
+        listed.stderr
+    )
+    whole_folder = json.loads(listed.stdout)["predictions"]
     assert [item["image"] for item in whole_folder] == sorted(str(path) for path in paths)
     by_name = {item["image"]: item for item in out["predictions"]}
     for item in whole_folder:
@@ -189,7 +208,9 @@ def test_predict_accepts_images_of_any_mode_and_size(trained_run, tmp_path):
             [entry["probability"] for entry in expected], abs=1e-6
         )
     (tmp_path / "empty").mkdir()
-    _assert_clean_error(vitlab("predict", run_dir, tmp_path / "empty", check=False), "no PNG, JPEG, BMP or WebP file")
+    _assert_clean_error(
+        vitlab("predict", run_dir, tmp_path / "empty", check=False), "no PNG, JPEG, BMP, WebP, GIF or TIFF file"
+    )
 
 
 def test_predict_classifies_every_readable_file_and_ends_in_error_for_the_others(trained_run, tmp_path):

@@ -256,6 +256,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed,
         splits=("test",),
     )
+    for note in data.notes:  # files of the folder left out of the score
+        print(f"vitlab: note: {note}", file=sys.stderr)
     if len(data.class_names) != num_classes:
         raise ConfigError(f"the model has {num_classes} classes but {name} has {len(data.class_names)}")
     trained_state = metadata.get("folder_state")
@@ -393,14 +395,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def image_paths(arguments: list[str]) -> list[str]:
     """The image files named on the command line, a folder standing for every image file under it."""
-    from vitlab.data.folders import image_files_under
+    from vitlab.data.folders import describe_other_files, image_files_under, other_files_under
+    from vitlab.data.images import IMAGE_FORMATS
 
     paths = []
     for argument in arguments:
         if Path(argument).is_dir():
             found = image_files_under(Path(argument))
             if not found:
-                raise ImageError(f"{argument} is a folder with no PNG, JPEG, BMP or WebP file under it")
+                raise ImageError(f"{argument} is a folder with no {IMAGE_FORMATS} file under it")
+            others = other_files_under([Path(argument)])
+            if others:
+                print(f"vitlab: note: {argument}: {describe_other_files(others)}", file=sys.stderr)
             paths += found
         else:
             paths.append(argument)

@@ -72,6 +72,23 @@ def test_unreadable_files_are_skipped_and_reported(tmp_path):
     notes = " ".join(splits.notes)
     assert notes.count("1 unreadable file(s)") + notes.count("2 unreadable file(s)") >= 1
     assert "notes.jpg" in notes and "broken.jpg" in notes
+    assert (
+        f"1 file(s) not in PNG, JPEG, BMP, WebP, GIF or TIFF format left out (first: {root / 'dog' / 'readme.txt'})"
+        in notes
+    )
+
+
+def test_gif_and_tiff_files_are_images_of_a_folder_and_hidden_files_pass_unnoted(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=2)
+    frames = [Image.fromarray(np.full((9, 11, 3), shade, dtype=np.uint8)) for shade in (10, 200)]
+    frames[0].save(root / "cat" / "moving.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(np.full((13, 7), 0.5, dtype=np.float32), mode="F").save(root / "dog" / "scan.tiff")
+    (root / "dog" / ".DS_Store").write_bytes(b"\0\1")
+    splits = open_dataset(DataConfig(dataset=str(root), test_fraction=0.0), channels=3, size=8)
+    assert len(splits.train) == 6 and splits.notes == []
+    dark = splits.train.images[splits.train.images.float().mean(dim=(1, 2, 3)) < 20]
+    assert len(dark) == 1 and int(dark.max()) == 10  # an animated GIF gives its first frame
+    assert (splits.train.images.float().mean(dim=(1, 2, 3)) - 128).abs().min() <= 1  # the float TIFF, 0.5 of its range
 
 
 def test_folder_errors_name_the_problem(tmp_path):

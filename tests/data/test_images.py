@@ -32,6 +32,13 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     assert abs(int(load_image(tmp_path / "grey16.png", 1, 28)[0, 0, 0]) - 128) <= 1
 
 
+def test_float_images_in_zero_to_one_are_scaled_to_that_range(tmp_path):
+    Image.fromarray(np.full((28, 28), 0.5, dtype=np.float32), mode="F").save(tmp_path / "scan.tiff")
+    assert abs(int(load_image(tmp_path / "scan.tiff", 1, 28)[0, 0, 0]) - 128) <= 1
+    Image.fromarray(np.full((28, 28), 127.0, dtype=np.float32), mode="F").save(tmp_path / "grey.tiff")
+    assert int(load_image(tmp_path / "grey.tiff", 1, 28)[0, 0, 0]) == 127
+
+
 def test_transparent_pixels_become_black_background(tmp_path):
     rgba = np.zeros((28, 28, 4), dtype=np.uint8)
     rgba[..., :3] = 255  # white, but fully transparent except one square

@@ -10,11 +10,14 @@ import torch
 from vitlab.config import DataConfig
 from vitlab.data.folders import (
     class_folders,
+    class_folders_of,
+    describe_other_files,
     describe_skipped,
     folder_files,
     folder_state,
     is_image_folder,
     load_folder_split,
+    other_files_under,
     split_roots,
 )
 from vitlab.data.sources import ImageDataset, dataset_info, load_split
@@ -70,6 +73,9 @@ def open_dataset(
         train_files, test_files, class_names = folder_files(data.dataset, data.test_fraction, seed)
         source = folder_state(data.dataset, train_files + test_files)
         loaded, notes = {}, []
+        others = other_files_under(class_folders_of(data.dataset))
+        if others:
+            notes.append(describe_other_files(others))
         for split, files in (("train", train_files), ("test", test_files)):
             if split not in splits:
                 continue

@@ -26,12 +26,11 @@ import numpy as np
 import torch
 
 from vitlab.cores import available_cores
-from vitlab.data.images import load_image
+from vitlab.data.images import IMAGE_FORMATS, IMAGE_SUFFIXES, load_image
 from vitlab.errors import DataError, ImageError
 from vitlab.interrupts import remove_left_by_ended_processes
 from vitlab.terminal import counting_bar
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 TEST_FOLDER_NAMES = ("test", "val")
 TEMPORARY_ENTRY = ".tmp"  # in the name of a cache entry still being written (followed by the writer's pid)
 
@@ -93,8 +92,9 @@ def list_files(root: Path, class_names: list[str]) -> list[tuple[str, int]]:
     return files
 
 
-def image_files_under(folder: Path) -> list[str]:
-    """Every image file under folder, in sorted order, following symlinked folders but no loop twice."""
+def _files_under(folder: Path) -> list[str]:
+    """Every file under folder but hidden ones (.DS_Store, ...), in sorted order, following symlinked
+    folders but no loop twice."""
     files = []
     seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -104,10 +104,28 @@ def image_files_under(folder: Path) -> list[str]:
             continue
         seen_dirs.add((stat.st_dev, stat.st_ino))
         dirnames.sort()
-        files += [
-            os.path.join(dirpath, name) for name in sorted(filenames) if Path(name).suffix.lower() in IMAGE_SUFFIXES
-        ]
+        files += [os.path.join(dirpath, name) for name in sorted(filenames) if not name.startswith(".")]
     return files
+
+
+def is_image_file(path: str) -> bool:
+    """Whether a file's name says it is in an image format vitlab reads."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_files_under(folder: Path) -> list[str]:
+    """Every image file under folder, in sorted order (see _files_under)."""
+    return [path for path in _files_under(folder) if is_image_file(path)]
+
+
+def other_files_under(folders: list[Path]) -> list[str]:
+    """The files under these folders that image_files_under passes over (not hidden, not images)."""
+    return [path for folder in folders for path in _files_under(folder) if not is_image_file(path)]
+
+
+def describe_other_files(others: list[str]) -> str:
+    """'N file(s) ... left out (first: a, b, c)': what a folder held beside its images."""
+    return f"{len(others)} file(s) not in {IMAGE_FORMATS} format left out (first: {', '.join(others[:3])})"
 
 
 def _decode(task: tuple[str, int, int]) -> np.ndarray | str:
@@ -393,6 +411,19 @@ def folder_files(root: str | Path, test_fraction: float = 0.2, seed: int = 0) ->
     else:
         train_files, test_files = stratified_split(train_files, test_fraction, seed)
     return train_files, test_files, tuple(class_names)
+
+
+def class_folders_of(root: str | Path) -> list[Path]:
+    """Every class folder of an image folder: those of its training split, and of its test split when it has one."""
+    train_root, test_root = split_roots(Path(root).expanduser())
+    names = [folder.name for folder in class_folders(train_root)]
+    return [
+        split / name
+        for split in (train_root, test_root)
+        if split is not None
+        for name in names
+        if (split / name).is_dir()
+    ]
 
 
 def describe_skipped(skipped: list[str]) -> str:

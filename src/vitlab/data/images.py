@@ -11,12 +11,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitlab.errors import ImageError
 
+# The files a folder's listing takes as images (of an animated GIF or a multi-page TIFF, the first frame).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+IMAGE_FORMATS = "PNG, JPEG, BMP, WebP, GIF or TIFF"
+
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer and float images to 8 bits by their value range, not by clipping."""
+    """Scale 16/32-bit integer and float images to 8 bits by their value range, not by clipping: 16 bits
+    to 65535; 32 bits to 255, or to 65535 past it; floats with no value above 1 (the usual scale of a
+    float scan) to 1, else as 32-bit integers."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        highest = values.max(initial=0)
+        if image.mode == "F" and highest <= 1.0:
+            top = 1.0
+        else:
+            top = 65535.0 if image.mode.startswith("I;16") or highest > 255 else 255.0
         return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     return image
 
@@ -57,6 +67,6 @@ def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path} is too large to decode safely ({str(exc).split(', could be')[0]})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image in a format vitlab can read (PNG, JPEG, BMP, WebP...)") from None
+        raise ImageError(f"{path} is not an image in a format vitlab can read ({IMAGE_FORMATS})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path} is damaged or truncated ({exc})") from None
