@@ -84,6 +84,9 @@ def test_gif_and_tiff_files_are_images_of_a_folder_and_hidden_files_pass_unnoted
     frames[0].save(root / "cat" / "moving.gif", save_all=True, append_images=frames[1:])
     Image.fromarray(np.full((13, 7), 0.5, dtype=np.float32), mode="F").save(root / "dog" / "scan.tiff")
     (root / "dog" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "dog" / "._scan.tiff").write_bytes(b"\0\5\26\7")  # macOS's metadata beside a copied file
+    (root / "dog" / ".thumbnails").mkdir()
+    frames[1].save(root / "dog" / ".thumbnails" / "scan.png")
     splits = open_dataset(DataConfig(dataset=str(root), test_fraction=0.0), channels=3, size=8)
     assert len(splits.train) == 6 and splits.notes == []
     dark = splits.train.images[splits.train.images.float().mean(dim=(1, 2, 3)) < 20]

@@ -93,8 +93,8 @@ def list_files(root: Path, class_names: list[str]) -> list[tuple[str, int]]:
 
 
 def _files_under(folder: Path) -> list[str]:
-    """Every file under folder but hidden ones (.DS_Store, ...), in sorted order, following symlinked
-    folders but no loop twice."""
+    """Every file under folder, in sorted order, but hidden files and folders (.DS_Store, macOS's ._
+    copies, .thumbnails/, ...), following symlinked folders but no loop twice."""
     files = []
     seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -103,7 +103,7 @@ def _files_under(folder: Path) -> list[str]:
             dirnames.clear()
             continue
         seen_dirs.add((stat.st_dev, stat.st_ino))
-        dirnames.sort()
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
         files += [os.path.join(dirpath, name) for name in sorted(filenames) if not name.startswith(".")]
     return files
 
