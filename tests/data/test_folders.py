@@ -104,6 +104,9 @@ def test_folder_errors_name_the_problem(tmp_path):
         open_dataset(DataConfig(dataset=str(root)), 3, 16)
     with pytest.raises(DataError, match="not found"):
         open_dataset(DataConfig(dataset=str(tmp_path / "absent/")), 3, 16)
+    alone = make_folder(tmp_path / "alone", classes=("cat",))
+    with pytest.raises(DataError, match=r"has one class folder \(cat\); a classifier needs two or more"):
+        open_dataset(DataConfig(dataset=str(alone)), 3, 16)
 
 
 def test_a_split_with_no_readable_image_is_an_error_that_says_so(tmp_path):

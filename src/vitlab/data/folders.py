@@ -402,6 +402,11 @@ def folder_files(root: str | Path, test_fraction: float = 0.2, seed: int = 0) ->
     root = Path(root).expanduser()
     train_root, test_root = split_roots(root)
     class_names = [p.name for p in class_folders(train_root)]
+    if len(class_names) < 2:
+        raise DataError(
+            f"{train_root} has one class folder ({class_names[0]}); a classifier needs two or more, as "
+            f"{train_root}/<class>/<image files>"
+        )
     train_files = list_files(train_root, class_names)
     empty = [name for label, name in enumerate(class_names) if not any(lab == label for _, lab in train_files)]
     if empty:
