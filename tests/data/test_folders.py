@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,13 @@ def test_folder_errors_name_the_problem(tmp_path):
         open_dataset(DataConfig(dataset=str(root)), 3, 16)
     with pytest.raises(DataError, match="not found"):
         open_dataset(DataConfig(dataset=str(tmp_path / "absent/")), 3, 16)
+    split = tmp_path / "split"
+    make_folder(split / "train")
+    make_folder(split / "test", per_class=1)
+    (split / "test" / "emu").mkdir()
+    shutil.copy(split / "test" / "cat" / "0.jpg", split / "test" / "emu")
+    with pytest.raises(DataError, match=rf"{split / 'test'} has class folder\(s\) 'emu' that the training split"):
+        open_dataset(DataConfig(dataset=str(split)), 3, 16)
     alone = make_folder(tmp_path / "alone", classes=("cat",))
     with pytest.raises(DataError, match=r"has one class folder \(cat\); a classifier needs two or more"):
         open_dataset(DataConfig(dataset=str(alone)), 3, 16)

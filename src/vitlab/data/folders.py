@@ -412,6 +412,10 @@ def folder_files(root: str | Path, test_fraction: float = 0.2, seed: int = 0) ->
     if empty:
         raise DataError(f"class folder(s) with no images in {train_root}: {', '.join(empty[:5])}")
     if test_root is not None:
+        extra = sorted({p.name for p in class_folders(test_root)} - set(class_names))
+        if extra:
+            names = ", ".join(repr(name) for name in extra[:5])
+            raise DataError(f"{test_root} has class folder(s) {names} that the training split {train_root} lacks")
         test_files = list_files(test_root, class_names)
     else:
         train_files, test_files = stratified_split(train_files, test_fraction, seed)
