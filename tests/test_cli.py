@@ -489,9 +489,14 @@ def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
         "--json",
         "data.train_subset=500",
         "data.test_subset=200",
-        "train.batch_size=50",
+        "train.batch_size=64",
         "model.embed_dim=16",
     )
+    # Each model trains as `vitlab train` shows it: epoch lines (a bar on a terminal), TensorBoard events;
+    # the data's notes (here: a batch size that leaves images out) said once, not once per model.
+    assert result.stderr.count("epoch   1/1  train loss") == 2
+    assert result.stderr.count("vitlab: note: each epoch trains on 448 of the 500 training images") == 1
+    assert all(any((out / name / "tensorboard").iterdir()) for name in ("mnist-tiny", "resnet-small"))
     summary = json.loads(result.stdout)
     assert [r["model"] for r in summary["results"]] == ["mnist-tiny", "resnet-small"]
     assert all(r["parameters"] > 0 and r["latency_ms"] > 0 for r in summary["results"])
@@ -509,7 +514,7 @@ def test_compare_trains_each_model_and_writes_table_csv_and_plot(tmp_path):
 
 
 def test_a_stopped_compare_says_how_to_continue(tmp_path, monkeypatch, capsys):
-    def stopped(name, config, run_dir, on_epoch=None, resume=False):
+    def stopped(name, config, run_dir, train=None, resume=False):
         raise KeyboardInterrupt  # Ctrl-C while the first model trains
 
     monkeypatch.setattr(compare_engine, "run_contender", stopped)

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from vitlab.errors import ConfigError, ImageError, VitlabError
 
-if TYPE_CHECKING:  # the config module is imported only by the commands that need it
+if TYPE_CHECKING:  # the config and engine modules are imported only by the commands that need them
     from vitlab.config import RunConfig
+    from vitlab.engine.train import EpochStats, Trainer, TrainResult
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -66,11 +67,9 @@ def _default_run_dir(label: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.engine.distributed import init_process_group, shutdown, world_from_environment
     from vitlab.engine.runtime import precision_name, resolve_device
-    from vitlab.engine.train import EpochStats, start_new_run, trainer_for_resume
+    from vitlab.engine.train import start_new_run, trainer_for_resume
     from vitlab.interrupts import stopped_by_ctrl_c
     from vitlab.launch import interrupted_message, launched_worker
-    from vitlab.report.progress import TrainingProgress
-    from vitlab.report.tensorboard import TensorBoardLogger
     from vitlab.terminal import counted
 
     world = world_from_environment()
@@ -106,30 +105,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for note in trainer.notes if world.is_main else []:
         print(f"vitlab: note: {note}", file=sys.stderr)
     try:
-        total_epochs = None if cfg.train.time_budget else cfg.train.epochs
-        start = trainer.fraction_done(trainer.start_epoch * trainer.steps_per_epoch, trainer.elapsed_before)
-        if start >= 1.0:  # a finished run resumed as it was: no bar for no steps
-            quiet = True
-            if world.is_main:
-                more = "a new run" if cfg.train.time_budget else f"--epochs above {cfg.train.epochs}"
-                print(
-                    f"vitlab: note: {run_dir} has finished: nothing left to train ({more} trains on)", file=sys.stderr
-                )
-        board = TensorBoardLogger(run_dir) if world.is_main else None
-
-        def on_epoch(stats: EpochStats) -> None:
-            bar.on_epoch(stats)
-            if board is not None:
-                board.on_epoch(stats)
-
-        with TrainingProgress(total_epochs, start, enabled=not quiet) as bar:
-            result = trainer.run(
-                on_progress=bar.on_step if not quiet else None,
-                on_epoch=on_epoch,
-                on_evaluation=bar.on_evaluation if not quiet else None,
-            )
-        if board is not None:
-            board.close()
+        if world.is_main and fraction_trained(trainer) >= 1.0:
+            more = "a new run" if cfg.train.time_budget else f"--epochs above {cfg.train.epochs}"
+            print(f"vitlab: note: {run_dir} has finished: nothing left to train ({more} trains on)", file=sys.stderr)
+        result = train_with_progress(trainer, quiet, log_to_board=world.is_main)
     except (KeyboardInterrupt, Exception) as exc:
         if not stopped_by_ctrl_c(exc):
             raise
@@ -161,6 +140,39 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{result.seconds:.0f}s of training; checkpoints in {run_dir / 'checkpoints'}"
         )
     return 0
+
+
+def fraction_trained(trainer: Trainer) -> float:
+    """How much of its run a trainer has behind it before it starts (1.0: a finished run resumed as it was)."""
+    return trainer.fraction_done(trainer.start_epoch * trainer.steps_per_epoch, trainer.elapsed_before)
+
+
+def train_with_progress(trainer: Trainer, quiet: bool = False, log_to_board: bool = True) -> TrainResult:
+    """Run a trainer as `vitlab train` shows it: a progress bar over the run (unless `quiet`, or with nothing
+    left to train), one line per finished epoch, and TensorBoard events in its run dir (with `log_to_board`)."""
+    from vitlab.report.progress import TrainingProgress
+    from vitlab.report.tensorboard import TensorBoardLogger
+
+    train = trainer.config.train
+    total_epochs = None if train.time_budget else train.epochs
+    start = fraction_trained(trainer)
+    quiet = quiet or start >= 1.0  # no bar for no steps
+    board = TensorBoardLogger(trainer.run_dir) if log_to_board else None
+
+    def on_epoch(stats: EpochStats) -> None:
+        bar.on_epoch(stats)
+        if board is not None:
+            board.on_epoch(stats)
+
+    with TrainingProgress(total_epochs, start, enabled=not quiet) as bar:
+        result = trainer.run(
+            on_progress=bar.on_step if not quiet else None,
+            on_epoch=on_epoch,
+            on_evaluation=bar.on_evaluation if not quiet else None,
+        )
+    if board is not None:
+        board.close()
+    return result
 
 
 # What a resumed run keeps as it was set up, by the option that would otherwise change it.
@@ -562,12 +574,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 check_new_run_dir(run_dir)
             except ConfigError:
                 raise ConfigError(f"{out} already holds a run of {name}; pick another --out") from None
-    results = []
+    results, noted = [], set()
+
+    def train(trainer: Trainer) -> TrainResult:
+        for note in trainer.notes:
+            if note not in noted:  # the data's notes, said once for every model
+                print(f"vitlab: note: {note}", file=sys.stderr)
+                noted.add(note)
+        return train_with_progress(trainer)
+
     try:
         for name, config, run_dir, resumes in zip(names, configs, run_dirs, continuing):
             if not args.json:
                 print(f"{'continuing' if resumes else 'training'} {name} ...", file=sys.stderr)
-            results.append(run_contender(name, config, run_dir, resume=resumes))
+            results.append(run_contender(name, config, run_dir, train, resume=resumes))
             build_report(results[-1].run_dir)  # each contender's run gets its own report, as every run does
     except (KeyboardInterrupt, Exception) as exc:
         if not stopped_by_ctrl_c(exc):

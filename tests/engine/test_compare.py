@@ -24,7 +24,7 @@ def test_a_stopped_contender_continues_and_a_finished_one_trains_no_further(tmp_
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_contender("mnist-tiny", tiny(), run_dir, on_epoch=stop_after_the_first_epoch)
+        run_contender("mnist-tiny", tiny(), run_dir, lambda trainer: trainer.run(on_epoch=stop_after_the_first_epoch))
     first = epochs_recorded(run_dir)
     assert [line["epoch"] for line in first] == [1]
     assert continues_run(run_dir, tiny(), "mnist-tiny")

@@ -11,7 +11,7 @@ from pathlib import Path
 from vitlab.config import RunConfig, load_run_config
 from vitlab.data.tensors import to_model_input
 from vitlab.engine.runtime import autocast, evaluation_mode
-from vitlab.engine.train import EpochStats, Trainer, start_new_run, trainer_for_resume
+from vitlab.engine.train import Trainer, TrainResult, start_new_run, trainer_for_resume
 from vitlab.errors import ConfigError
 from vitlab.models.flops import forward_flops
 
@@ -61,14 +61,14 @@ def run_contender(
     name: str,
     config: RunConfig,
     run_dir: Path,
-    on_epoch: Callable[[EpochStats], None] | None = None,
+    train: Callable[[Trainer], TrainResult] = Trainer.run,
     resume: bool = False,
 ) -> ContenderResult:
-    """Train one contender in its own run directory and measure it. With `resume` (see continues_run) the
-    run already there continues from its last finished epoch; a finished one trains no further and is
-    measured as it is."""
+    """Train one contender in its own run directory and measure it. `train` runs the Trainer (the command
+    line's adds its progress bar and epoch lines). With `resume` (see continues_run) the run already there
+    continues from its last finished epoch; a finished one trains no further and is measured as it is."""
     trainer = trainer_for_resume(run_dir) if resume else start_new_run(config, run_dir)
-    result = trainer.run(on_epoch=on_epoch)
+    result = train(trainer)
     history = result.history
     speeds = [h.images_per_second for h in history]
     return ContenderResult(
