@@ -578,7 +578,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     def train(trainer: Trainer) -> TrainResult:
         for note in trainer.notes:
-            if note not in noted:  # the data's notes, said once for every model
+            if note not in noted:  # the data's notes: once, not once per model
                 print(f"vitlab: note: {note}", file=sys.stderr)
                 noted.add(note)
         return train_with_progress(trainer)
