@@ -266,13 +266,16 @@ def test_cache_lists_and_clears_the_decoded_image_folders(tmp_path, monkeypatch,
     on_disk = sum(f.stat().st_size for f in place.rglob("*") if f.is_file())
     assert lines[0] == f"2 decoded image splits in {place}, {byte_size(on_disk)}"
     assert sorted(line.split("B  ")[1].split(", last used")[0] for line in lines[1:3]) == [
-        f"{root} (2 images, 1x8x8)",
-        f"{root} (4 images, 1x8x8)",
+        f"{root} (2 test images, 1x8x8)",
+        f"{root} (4 train images, 1x8x8)",
     ]
     assert lines[3].startswith("`vitlab cache --clear` deletes them")
     assert vitlab_main(["cache", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed["bytes"] == on_disk and sorted(e["images"] for e in listed["entries"]) == [2, 4]
+    assert listed["bytes"] == on_disk and sorted((e["images"], e["split"]) for e in listed["entries"]) == [
+        (2, "test"),
+        (4, "train"),
+    ]
     assert all(e["folder"] == str(root) and not e["outdated"] for e in listed["entries"])
     assert vitlab_main(["cache", "--clear"]) == 0
     assert capsys.readouterr().out == f"deleted 2 decoded image splits ({byte_size(on_disk)}) from {place}\n"

@@ -651,6 +651,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
                         "path": str(e.path),
                         "folder": e.folder,
                         "images": e.images,
+                        "split": e.split,
                         "shape": e.shape,
                         "bytes": e.bytes,
                         "last_used": datetime.datetime.fromtimestamp(e.last_used).isoformat(timespec="seconds"),
@@ -667,7 +668,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     print(f"{counted(len(entries), 'decoded image split')} in {place}, {byte_size(total)}")
     for e in entries:
         used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
-        what = f"{e.folder} ({e.images:,} images, {e.shape})" if e.folder else "(folder not recorded)"
+        images = f"{e.images:,} {e.split} images" if e.split else f"{e.images:,} images"
+        what = f"{e.folder} ({images}, {e.shape})" if e.folder else "(folder not recorded)"
         print(
             f"  {byte_size(e.bytes):>9}  {what}, last used {used}"
             + ("; outdated: the folder changed" if e.outdated else "")

@@ -79,7 +79,7 @@ def open_dataset(
         for split, files in (("train", train_files), ("test", test_files)):
             if split not in splits:
                 continue
-            part = load_folder_split(files, channels, size, source=source)
+            part = load_folder_split(files, channels, size, source=source, split=split)
             if files and len(part.labels) == 0:
                 raise DataError(f"no {split} image in {data.dataset} could be read: {describe_skipped(part.skipped)}")
             if part.skipped:

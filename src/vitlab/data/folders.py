@@ -195,18 +195,25 @@ def _cache_key(files: list[tuple[str, int]], channels: int, size: int) -> str:
 
 
 def _decode_into_cache(
-    folder: Path, files: list[tuple[str, int]], channels: int, size: int, workers: int, source: FolderState | None
+    folder: Path,
+    files: list[tuple[str, int]],
+    channels: int,
+    size: int,
+    workers: int,
+    source: FolderState | None,
+    split: str = "",
 ) -> None:
     """Decode into a temporary folder beside the cache entry, then rename it into place.
 
-    The index also records the image folder and the state of it the files came from, so that `vitlab
-    cache` can say what each entry is, and a change to the folder can retire the entries it outdates."""
+    The index also records the image folder, the state of it the files came from and the split they
+    are, so that `vitlab cache` can say what each entry is, and a change to the folder can retire the
+    entries it outdates."""
     tmp = folder.with_name(folder.name + f"{TEMPORARY_ENTRY}{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         count, labels, skipped = decode_files(files, channels, size, workers, tmp / "images.u8")
         np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64), allow_pickle=False)
-        index = {"count": count, "skipped": skipped, "channels": channels, "size": size}
+        index = {"count": count, "skipped": skipped, "channels": channels, "size": size, "split": split}
         if source is not None:
             index |= {"folder": source.root, "folder_state": source.state}
         (tmp / "index.json").write_text(json.dumps(index))
@@ -269,11 +276,13 @@ def load_folder_split(
     use_cache: bool = True,
     workers: int | None = None,
     source: FolderState | None = None,
+    split: str = "",
 ) -> FolderSplit:
     """Decoded images of these files (memory-mapped), from the cache when the folder has not changed.
 
-    `source`, the folder the files are from, is recorded with a new cache entry; the entries decoded from
-    an earlier state of that folder are then deleted, as no run would read them again."""
+    `source`, the folder the files are from, is recorded with a new cache entry, with the `split`
+    ('train', 'test') they are; the entries decoded from an earlier state of that folder are then
+    deleted, as no run would read them again."""
     workers = workers or available_cores()
     if not use_cache:
         return _decode_uncached(files, channels, size, workers)
@@ -285,7 +294,7 @@ def load_folder_split(
     # since the rename cannot land on a folder that is not empty.
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        _decode_into_cache(folder, files, channels, size, workers, source)
+        _decode_into_cache(folder, files, channels, size, workers, source, split)
     except OSError as exc:  # a full or read-only cache disk costs the cache, not the run
         cached = _read_cache(folder, channels, size)  # unless another process cached the same folder first
         if cached is not None:
@@ -312,6 +321,7 @@ class CacheEntry:
     path: Path
     folder: str  # what it was decoded from; "" for an entry written before vitlab recorded it
     images: int
+    split: str  # 'train' or 'test', or "" when not recorded
     shape: str  # channels x size x size, or "" when not recorded
     bytes: int
     last_used: float  # seconds since the epoch
@@ -362,6 +372,7 @@ def cache_entries(of_folder: FolderState | None = None, judge: bool = True) -> l
                 path=path,
                 folder=folder,
                 images=int(index.get("count", 0)),
+                split=str(index.get("split", "")),
                 shape=f"{channels}x{size}x{size}" if channels else "",
                 bytes=size_on_disk,
                 last_used=last_used,
