@@ -321,7 +321,7 @@ class CacheEntry:
     path: Path
     folder: str  # what it was decoded from; "" for an entry written before vitlab recorded it
     images: int
-    split: str  # 'train' or 'test', or "" when not recorded
+    split: str  # 'train' or 'test': what it was decoded as (the same files may be another run's other split)
     shape: str  # channels x size x size, or "" when not recorded
     bytes: int
     last_used: float  # seconds since the epoch
