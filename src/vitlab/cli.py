@@ -407,16 +407,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def image_paths(arguments: list[str]) -> list[str]:
     """The image files named on the command line, a folder standing for every image file under it."""
-    from vitlab.data.folders import describe_other_files, image_files_under, other_files_under
+    from vitlab.data.folders import describe_other_files, files_under
     from vitlab.data.images import IMAGE_FORMATS
 
     paths = []
     for argument in arguments:
         if Path(argument).is_dir():
-            found = image_files_under(Path(argument))
+            found, others = files_under(Path(argument))
             if not found:
                 raise ImageError(f"{argument} is a folder with no {IMAGE_FORMATS} file under it")
-            others = other_files_under([Path(argument)])
             if others:
                 print(f"vitlab: note: {argument}: {describe_other_files(others)}", file=sys.stderr)
             paths += found

@@ -10,14 +10,12 @@ import torch
 from vitlab.config import DataConfig
 from vitlab.data.folders import (
     class_folders,
-    class_folders_of,
     describe_other_files,
     describe_skipped,
     folder_files,
     folder_state,
     is_image_folder,
     load_folder_split,
-    other_files_under,
     split_roots,
 )
 from vitlab.data.sources import ImageDataset, dataset_info, load_split
@@ -70,13 +68,12 @@ def open_dataset(
     """Load the splits a run needs (subsets applied); image folders are decoded at the model's size."""
     empty = ImageDataset(torch.zeros(0, channels, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), ())
     if is_image_folder(data.dataset):
-        train_files, test_files, class_names = folder_files(data.dataset, data.test_fraction, seed)
-        source = folder_state(data.dataset, train_files + test_files)
+        listing = folder_files(data.dataset, data.test_fraction, seed)
+        source = folder_state(data.dataset, listing.train + listing.test)
         loaded, notes = {}, []
-        others = other_files_under(class_folders_of(data.dataset))
-        if others:
-            notes.append(describe_other_files(others))
-        for split, files in (("train", train_files), ("test", test_files)):
+        if listing.others:
+            notes.append(describe_other_files(listing.others))
+        for split, files in (("train", listing.train), ("test", listing.test)):
             if split not in splits:
                 continue
             part = load_folder_split(files, channels, size, source=source, split=split)
@@ -84,10 +81,12 @@ def open_dataset(
                 raise DataError(f"no {split} image in {data.dataset} could be read: {describe_skipped(part.skipped)}")
             if part.skipped:
                 notes.append(f"{split}: {describe_skipped(part.skipped)}")
-            loaded[split] = ImageDataset(part.images, part.labels, class_names)
+            loaded[split] = ImageDataset(part.images, part.labels, listing.class_names)
         train = loaded.get("train", empty)
         mean, std = channel_statistics(train.images) if len(train) else ((0.5,) * channels, (0.25,) * channels)
-        result = Splits(data.dataset, train, loaded.get("test", empty), class_names, mean, std, notes, source.state)
+        result = Splits(
+            data.dataset, train, loaded.get("test", empty), listing.class_names, mean, std, notes, source.state
+        )
     else:
         info = dataset_info(data.dataset)
         parts = {

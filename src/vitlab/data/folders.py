@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -81,21 +82,24 @@ def split_roots(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def list_files(root: Path, class_names: list[str]) -> list[tuple[str, int]]:
-    """(path, label) of every image file under root/<class>/, following no symlinked folders twice."""
-    files = []
+def list_files(root: Path, class_names: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, label) of every image file under root/<class>/, and the other files there (files_under)."""
+    files, others = [], []
     for label, name in enumerate(class_names):
         folder = root / name
         if not folder.is_dir():
             raise DataError(f"{root} lacks the class folder {name!r} that the training split has")
-        files += [(path, label) for path in image_files_under(folder)]
-    return files
+        images, not_images = files_under(folder)
+        files += [(path, label) for path in images]
+        others += not_images
+    return files, others
 
 
-def _files_under(folder: Path) -> list[str]:
-    """Every file under folder, in sorted order, but hidden files and folders (.DS_Store, macOS's ._
-    copies, .thumbnails/, ...), following symlinked folders but no loop twice."""
-    files = []
+def files_under(folder: Path) -> tuple[list[str], list[str]]:
+    """(image files, other files) under folder, each in sorted order: hidden files and folders
+    (.DS_Store, macOS's ._ copies, .thumbnails/, ...) passed over, symlinked folders followed but no
+    loop twice."""
+    images, others = [], []
     seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         stat = os.stat(dirpath)
@@ -104,23 +108,11 @@ def _files_under(folder: Path) -> list[str]:
             continue
         seen_dirs.add((stat.st_dev, stat.st_ino))
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        files += [os.path.join(dirpath, name) for name in sorted(filenames) if not name.startswith(".")]
-    return files
-
-
-def is_image_file(path: str) -> bool:
-    """Whether a file's name says it is in an image format vitlab reads."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def image_files_under(folder: Path) -> list[str]:
-    """Every image file under folder, in sorted order (see _files_under)."""
-    return [path for path in _files_under(folder) if is_image_file(path)]
-
-
-def other_files_under(folders: list[Path]) -> list[str]:
-    """The files under these folders that image_files_under passes over (not hidden, not images)."""
-    return [path for folder in folders for path in _files_under(folder) if not is_image_file(path)]
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                is_image = Path(name).suffix.lower() in IMAGE_SUFFIXES
+                (images if is_image else others).append(os.path.join(dirpath, name))
+    return images, others
 
 
 def describe_other_files(others: list[str]) -> str:
@@ -264,8 +256,8 @@ def folder_state(root: str | Path, files: list[tuple[str, int]] | None = None) -
     """The image folder as it is now: its train and test files together, whatever the split (`files`
     when they have just been listed)."""
     if files is None:
-        train, test, _ = folder_files(root)
-        files = train + test
+        listing = folder_files(root)
+        files = listing.train + listing.test
     return FolderState(str(Path(root).expanduser().resolve()), _cache_key(sorted(files), 0, 0))
 
 
@@ -408,8 +400,19 @@ def stratified_split(files: list[tuple[str, int]], test_fraction: float, seed: i
     return train, test
 
 
-def folder_files(root: str | Path, test_fraction: float = 0.2, seed: int = 0) -> tuple[list, list, tuple[str, ...]]:
-    """(train files, test files, class names) of an image folder."""
+class FolderFiles(NamedTuple):
+    """An image folder's files: (path, label) of its training and test images, its class names, and the
+    other files in its class folders, which are not images (files_under)."""
+
+    train: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+    class_names: tuple[str, ...]
+    others: list[str]
+
+
+def folder_files(root: str | Path, test_fraction: float = 0.2, seed: int = 0) -> FolderFiles:
+    """The files of an image folder, split into training and test images (stratified_split when it has
+    no test/ or val/ folder)."""
     root = Path(root).expanduser()
     train_root, test_root = split_roots(root)
     class_names = [p.name for p in class_folders(train_root)]
@@ -418,7 +421,7 @@ def folder_files(root: str | Path, test_fraction: float = 0.2, seed: int = 0) ->
             f"{train_root} has one class folder ({class_names[0]}); a classifier needs two or more, as "
             f"{train_root}/<class>/<image files>"
         )
-    train_files = list_files(train_root, class_names)
+    train_files, others = list_files(train_root, class_names)
     empty = [name for label, name in enumerate(class_names) if not any(lab == label for _, lab in train_files)]
     if empty:
         raise DataError(f"class folder(s) with no images in {train_root}: {', '.join(empty[:5])}")
@@ -427,23 +430,11 @@ def folder_files(root: str | Path, test_fraction: float = 0.2, seed: int = 0) ->
         if extra:
             names = ", ".join(repr(name) for name in extra[:5])
             raise DataError(f"{test_root} has class folder(s) {names} that the training split {train_root} lacks")
-        test_files = list_files(test_root, class_names)
+        test_files, test_others = list_files(test_root, class_names)
+        others += test_others
     else:
         train_files, test_files = stratified_split(train_files, test_fraction, seed)
-    return train_files, test_files, tuple(class_names)
-
-
-def class_folders_of(root: str | Path) -> list[Path]:
-    """Every class folder of an image folder: those of its training split, and of its test split when it has one."""
-    train_root, test_root = split_roots(Path(root).expanduser())
-    names = [folder.name for folder in class_folders(train_root)]
-    return [
-        split / name
-        for split in (train_root, test_root)
-        if split is not None
-        for name in names
-        if (split / name).is_dir()
-    ]
+    return FolderFiles(train_files, test_files, tuple(class_names), others)
 
 
 def describe_skipped(skipped: list[str]) -> str:
