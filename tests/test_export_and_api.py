@@ -101,6 +101,27 @@ def test_python_api_splits_stacked_batches_into_images(checkpoint, monkeypatch):
         classifier.predict(np.zeros((28, 28, 5), dtype=np.uint8)[None])
 
 
+def test_python_api_reads_arrays_of_wide_types_as_image_files_of_them_and_refuses_non_images(tmp_path, checkpoint):
+    path, _ = checkpoint
+    classifier = vitlab.load(path)
+    scan = (np.random.default_rng(4).random((28, 28)) * 65535).astype(np.uint16)
+    Image.fromarray(scan).save(tmp_path / "scan.png")  # a 16-bit PNG
+    as_file = classifier.predict_proba(tmp_path / "scan.png")
+    torch.testing.assert_close(classifier.predict_proba(scan), as_file)  # scaled from 65535, not clipped at 255
+    torch.testing.assert_close(classifier.predict_proba(scan.astype(np.float32) / 65535), as_file, atol=1e-3, rtol=0)
+    # nothing in, nothing out: a (0, classes) array and no predictions
+    assert classifier.predict_proba([]).shape == (0, 10) and classifier.predict(np.zeros((0, 28, 28))) == []
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        classifier.predict(np.full((28, 28), np.nan, dtype=np.float32))
+    normalised = (torch.from_numpy(scan / 65535.0).float()[None] - 0.1307) / 0.3081
+    with pytest.raises(ImageError, match=r"minimum of -0\.4\d+: pass the image before normalisation"):
+        classifier.predict(normalised)
+    with pytest.raises(ImageError, match="must hold numbers"):
+        classifier.predict(np.full((28, 28), "x"))
+    with pytest.raises(ValueError, match="top_k must be at least 1, got 0"):
+        classifier.predict(scan, top_k=0)
+
+
 def test_a_cnn_runs_at_another_size_and_an_onnx_file_only_at_its_own(tmp_path, checkpoint):
     cnn = build_model(dataclasses.replace(model_config("resnet-small"), in_channels=1, num_classes=10)).eval()
     save_checkpoint(tmp_path / "cnn.safetensors", cnn, INFO)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitlab.data.images import convert_image, load_image
+from vitlab.data.images import convert_image, load_image, scale_to_8bit
 from vitlab.data.tensors import to_model_input
 from vitlab.errors import ConfigError, ImageError
 from vitlab.terminal import counting_bar
@@ -136,9 +136,7 @@ class Classifier:
                 image = image.permute(1, 2, 0)
             image = image.numpy()
         if isinstance(image, np.ndarray):
-            array = image
-            if array.dtype != np.uint8:
-                array = np.clip(array * (255.0 if array.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+            array = pixel_values(image)
             if array.ndim == 3 and array.shape[2] == 1:
                 array = array[..., 0]
             if array.ndim not in (2, 3):
@@ -153,7 +151,10 @@ class Classifier:
     @torch.no_grad()
     def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Class probabilities (N, classes) for one image, a list of images or a stacked batch (as_image_list)."""
-        batch = torch.stack([self.to_uint8(image) for image in as_image_list(images)])
+        images = as_image_list(images)
+        if not images:
+            return torch.empty(0, len(self.classes))
+        batch = torch.stack([self.to_uint8(image) for image in images])
         if self._model is not None:
             self._model.eval()
         # In chunks, so that a folder of thousands of images never holds all their activations at once.
@@ -168,14 +169,36 @@ class Classifier:
         return torch.cat(chunks).softmax(dim=1)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 1) -> list[Prediction]:
-        """The top-k classes of each image."""
+        """The top-k classes of each image (all the classes when there are fewer than k)."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
         probabilities = self.predict_proba(images)
-        k = max(1, min(top_k, probabilities.shape[1]))
+        k = min(top_k, probabilities.shape[1])
         top = probabilities.topk(k, dim=1)
         return [
             Prediction([self.classes[i] for i in idx.tolist()], idx.tolist(), values.tolist())
             for values, idx in zip(top.values, top.indices)
         ]
+
+
+def pixel_values(array: np.ndarray) -> np.ndarray:
+    """An image array of any numeric type -> uint8 values, scaled by its range as image files of wide types
+    are (scale_to_8bit); values no image has (NaN, infinities, negative ones) are refused, since they mean
+    an array that is not an image yet, or one already normalised."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind not in "uif":
+        raise ImageError(f"an image array must hold numbers, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ImageError("an image array holds NaN or infinite values")
+    if array.size and array.min() < 0:
+        raise ImageError(
+            f"an image array's values must be 0..1 or 0..255, got a minimum of {array.min():.3g}: pass the "
+            "image before normalisation (vitlab normalises with the mean and std the model was trained with)"
+        )
+    return scale_to_8bit(array)
 
 
 def at_image_size(model: torch.nn.Module, img_size: int) -> torch.nn.Module:

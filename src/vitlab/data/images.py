@@ -16,18 +16,24 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".ti
 IMAGE_FORMATS = "PNG, JPEG, BMP, WebP, GIF or TIFF"
 
 
+def scale_to_8bit(values: np.ndarray) -> np.ndarray:
+    """Pixel values of a wider type -> uint8 by their value range, not by clipping: 16-bit integers to
+    65535; floats with no value above 1 (the usual scale of a float image) to 1; others to 255, or to 65535
+    past it."""
+    highest = float(values.max(initial=0))
+    if (values.dtype.kind in "ui" and values.dtype.itemsize == 2) or highest > 255:
+        top = 65535.0
+    elif np.issubdtype(values.dtype, np.floating) and highest <= 1.0:
+        top = 1.0
+    else:
+        top = 255.0
+    return np.clip(values.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer and float images to 8 bits by their value range, not by clipping: 16 bits
-    to 65535; 32 bits to 255, or to 65535 past it; floats with no value above 1 (the usual scale of a
-    float scan) to 1, else as 32-bit integers."""
+    """16/32-bit integer and float images scaled to 8 bits (scale_to_8bit)."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        highest = values.max(initial=0)
-        if image.mode == "F" and highest <= 1.0:
-            top = 1.0
-        else:
-            top = 65535.0 if image.mode.startswith("I;16") or highest > 255 else 255.0
-        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        return Image.fromarray(scale_to_8bit(np.asarray(image)), mode="L")
     return image
 
 
