@@ -358,6 +358,8 @@ def _assert_clean_error(result, fragment):
         (["info", "--model", "huge"], "unknown model preset"),
         (["train", "--bogus"], "unrecognized arguments"),
         (["train", "--epochs", "0"], "'0' is not a whole number of at least 1"),
+        (["train", "--epochs", "2", "--time-budget", "1h"], "--time-budget: not allowed with argument --epochs"),
+        (["finetune", "run", "--dataset", "mnist", "--time-budget", "1h", "--epochs", "2"], "not allowed with"),
         (["train", "data.train_subset=100"], "larger than the 100 training images; pass train.batch_size=N with N at"),
         (["train", "--resume", "run", "--seed", "1", "lr=0.1"], "--seed, key=value overrides cannot change it"),
         (["predict", "run", "digit.png", "--top-k", "-1"], "'-1' is not a whole number of at least 1"),

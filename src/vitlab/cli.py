@@ -747,8 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", help=RECIPE_HELP)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     for command in (train, finetune):
-        command.add_argument("--epochs", type=positive_int, help="number of epochs")
-        command.add_argument(
+        length = command.add_mutually_exclusive_group()  # both given, one would be silently ignored
+        length.add_argument("--epochs", type=positive_int, help="number of epochs")
+        length.add_argument(
             "--time-budget", help="train for this long (e.g. 10m, 90s, 1h30m) with the schedule on time"
         )
         command.add_argument("--out", help="run directory (default: runs/<dataset>-<time>)")
