@@ -1,7 +1,7 @@
 import pytest
 
 from vitlab.config import RunConfig, apply_overrides, load_run_config, parse_duration, save_yaml
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, VitlabError
 from vitlab.recipes import resolve_run_config
 
 
@@ -51,6 +51,27 @@ def test_a_config_files_unknown_keys_are_answered_with_the_nearest_spellings_and
         resolve_run_config(config_file=str(tmp_path / "run.yaml"))
     message = str(caught.value)
     assert message.startswith("unknown model key(s): 1, embed_dims (did you mean embed_dim?); known: arch,")
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("data: {dataset: [a, b]}", "data.dataset must be a single value, got ['a', 'b']"),
+        ("data: {dataset: 5}", "unknown dataset '5'"),
+        ("data: {dataset: mnist, test_fraction: x}", "data.test_fraction must be a number, got 'x'"),
+        ("preset: 5", "must be a preset's name, got 5"),
+        ("train: {lr: .nan}", "train.lr must be a finite number, got nan"),
+        ("train: {rotate_degrees: .inf}", "unknown train key(s): rotate_degrees"),
+        ("data: {rotate_degrees: -.inf}", "data.rotate_degrees must be a finite number, got -inf"),
+        ("train: {weight_decay: -0.1}", "train.min_lr and train.weight_decay must not be negative"),
+        ("train: {beta2: 1.0}", "train.beta1 and train.beta2 must be in [0, 1), got 0.9 and 1.0"),
+    ],
+)
+def test_a_config_files_values_of_the_wrong_kind_are_refused_in_one_line(tmp_path, text, message):
+    (tmp_path / "run.yaml").write_text(text + "\n")
+    with pytest.raises(VitlabError) as caught:  # ConfigError, or DataError for a data set that is not one
+        resolve_run_config(config_file=str(tmp_path / "run.yaml"))
+    assert message in str(caught.value)
 
 
 def test_layers_apply_in_order_preset_file_flags_overrides(tmp_path):

@@ -216,6 +216,10 @@ class TrainConfig:
             )
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.min_lr < 0 or self.weight_decay < 0:
+            raise ConfigError("train.min_lr and train.weight_decay must not be negative")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"train.beta1 and train.beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 < self.layer_decay <= 1 or self.freeze_until < 0:
@@ -297,7 +301,11 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
         return float(value)
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"{name} must be a single value, got {value!r}")
     return "" if value is None else str(value)
 
 

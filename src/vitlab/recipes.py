@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vitlab.config import RunConfig, apply_overrides, load_yaml, parse_duration
+from vitlab.config import DataConfig, RunConfig, apply_overrides, load_yaml, parse_duration, section_from_dict
 from vitlab.data.datasets import input_shape
 from vitlab.data.folders import is_image_folder, same_folder
 from vitlab.errors import ConfigError
@@ -61,7 +61,10 @@ def resolve_run_config(
     if recipe and preset:
         raw.pop("model", None)
     name = preset or raw.get("preset") or DEFAULT_PRESET
-    data_name = dataset or (raw.get("data") or {}).get("dataset") or "mnist"
+    if not isinstance(name, str):
+        raise ConfigError(f"preset in {source} must be a preset's name, got {name!r}")
+    # The data section is read (and its values checked) first: the model's channels and classes follow it.
+    data_name = dataset or section_from_dict(DataConfig, raw.get("data") or {}, "data").dataset
     channels, classes = input_shape(data_name)
     # The preset fixes the architecture; the data set fixes what goes in and comes out.
     base = model_config(name, in_channels=channels, num_classes=classes)
