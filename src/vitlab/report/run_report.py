@@ -181,6 +181,7 @@ def build_report(run_dir: str | Path) -> Path:
         *[
             f"| {key.replace('_', ' ')} | {f'{value:,}' if isinstance(value, int) else value} |"
             for key, value in facts.items()
+            if value not in ("", None)  # a data set that is not a folder has no folder state
         ],
         "",
         "## Curves",
