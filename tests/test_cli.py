@@ -307,6 +307,31 @@ def test_info_for_a_preset_and_a_checkpoint(trained_run):
     _assert_clean_error(vitlab("info", run_dir, "depth=3", check=False), "has its own model")
 
 
+def test_info_lists_every_preset_with_the_figures_of_its_built_model(capsys):
+    from vitlab.models.flops import forward_flops
+    from vitlab.models.registry import build_model, model_config, preset_names
+
+    assert vitlab_main(["info", "--presets", "--json"]) == 0
+    rows = {row["preset"]: row for row in json.loads(capsys.readouterr().out)["presets"]}
+    assert list(rows) == preset_names() and [name for name, row in rows.items() if row["default"]] == ["mnist-tiny"]
+    for name in ("mnist-tiny", "resnet-small", "Ti/16"):  # counted on the meta device: the same as a built model
+        model = build_model(model_config(name))
+        assert rows[name]["parameters"] == sum(p.numel() for p in model.parameters())
+        assert rows[name]["forward_flops_per_image"] == forward_flops(model.config)
+    assert (
+        rows["S/16"]["tokens"] == 197
+        and rows["S/16"]["input"] == "3x224x224"
+        and rows["resnet-small"]["tokens"] is None
+    )
+    assert vitlab_main(["info", "--presets"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["preset", "model", "input", "tokens", "parameters", "forward", "FLOPs"]
+    assert table[1].startswith("mnist-tiny *  ViT patch 7, width 64, depth 4, heads 4") and table[1].endswith("5.83 M")
+    assert len(table) == 2 + len(preset_names())
+    assert vitlab_main(["info"]) == 0 and capsys.readouterr().out.endswith("(every preset: vitlab info --presets)\n")
+    _assert_clean_error(vitlab("info", "--presets", "--model", "S/16", check=False), "--presets lists every preset")
+
+
 def test_commands_keep_freed_memory_of_every_size_for_reuse(monkeypatch, capsys):
     # A command's process is vitlab's own: even blocks above glibc's largest mmap threshold stay for reuse.
     import vitlab.cli

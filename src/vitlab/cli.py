@@ -452,6 +452,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from vitlab.models.flops import forward_flops, training_flops
     from vitlab.models.registry import DEFAULT_PRESET, build_model, model_config
 
+    if args.presets:
+        if args.items or args.model:
+            raise ConfigError("--presets lists every preset; give it alone (or --model NAME for one in full)")
+        return _print_presets(args.json)
     # key=value items reshape the preset (`vitlab info --model S/16 img_size=32`); any other item is a run.
     overrides = [item for item in args.items if "=" in item and not Path(item).exists()]
     checkpoints = [item for item in args.items if item not in overrides]
@@ -506,6 +510,64 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, value in payload.get("metrics", {}).items():
         shown = f"{value:.2%}" if "accuracy" in name else f"{value:.4f}"
         print(f"  {name.replace('_', ' '):<17} {shown}")
+    if not (checkpoints or args.model or overrides):
+        print("(every preset: vitlab info --presets)")
+    return 0
+
+
+def _print_presets(as_json: bool) -> int:
+    """Every preset in one table: its shape, input, tokens, parameters and FLOPs per image."""
+    import torch
+
+    from vitlab.models.flops import forward_flops
+    from vitlab.models.registry import DEFAULT_PRESET, build_model, model_config, preset_names
+
+    rows = []
+    for name in preset_names():
+        config = model_config(name)
+        with torch.device("meta"):  # shapes alone: no memory for the weights, no time initialising them
+            parameters = sum(p.numel() for p in build_model(config).parameters())
+        if config.arch == "vit":
+            shape = f"ViT patch {config.patch_size}, width {config.embed_dim}, depth {config.depth}, heads {config.num_heads}"
+        else:
+            shape = f"ResNet base width {config.embed_dim}, {config.depth} blocks per stage"
+        rows.append(
+            {
+                "preset": name,
+                "default": name == DEFAULT_PRESET,
+                "model": shape,
+                "input": f"{config.in_channels}x{config.img_size}x{config.img_size}",
+                "tokens": config.num_tokens if config.arch == "vit" else None,
+                "parameters": parameters,
+                "forward_flops_per_image": forward_flops(config),
+            }
+        )
+    if as_json:
+        _print_json({"presets": rows})
+        return 0
+    table = [["preset", "model", "input", "tokens", "parameters", "forward FLOPs"]]
+    for row in rows:
+        table.append(
+            [
+                row["preset"] + (" *" if row["default"] else ""),
+                row["model"],
+                row["input"],
+                "-" if row["tokens"] is None else str(row["tokens"]),
+                f"{row['parameters']:,}",
+                flops_text(row["forward_flops_per_image"]),
+            ]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print(
+            "  ".join(
+                cell.rjust(width) if i >= 3 else cell.ljust(width) for i, (cell, width) in enumerate(zip(line, widths))
+            ).rstrip()
+        )
+    print(
+        "* the default. Parameters for 10 classes; the data set sets the input channels and classes, and key=value "
+        "settings change the rest (vitlab info --model NAME [key=value ...] for one in full)."
+    )
     return 0
 
 
@@ -742,7 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--freeze-until", type=int, default=0, help="freeze embeddings and the first N blocks")
     finetune.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise learning-rate decay, e.g. 0.75")
     train.add_argument("--dataset", help="data set name (default: mnist) or an image folder")
-    train.add_argument("--model", help="model preset, e.g. mnist-small, cifar-tiny, Ti/16 (see `vitlab info`)")
+    train.add_argument(
+        "--model", help="model preset, e.g. mnist-small, cifar-tiny, Ti/16 (see `vitlab info --presets`)"
+    )
     train.add_argument("--config", help="YAML file with sections model, data, train")
     train.add_argument("--recipe", help=RECIPE_HELP)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
@@ -835,6 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run or checkpoint, or model settings that change the preset, e.g. img_size=32 patch_size=4",
     )
     info.add_argument("--model", help="preset name (default: the default preset)")
+    info.add_argument("--presets", action="store_true", help="list every preset with its size and FLOPs")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=cmd_info)
 
