@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -555,6 +556,25 @@ def test_a_stopped_compare_says_how_to_continue(tmp_path, monkeypatch, capsys):
         f"vitlab: interrupted; the same command with --out {out} continues: finished models are kept "
         "and the stopped one resumes from its last finished epoch"
     )
+
+
+@pytest.mark.parametrize("flags,quiet", [([], False), (["--quiet"], True)])
+def test_compare_quiet_trains_each_model_without_a_progress_bar(tmp_path, monkeypatch, flags, quiet):
+    asked = []
+
+    def contender(name, config, run_dir, train=None, resume=False):
+        train(SimpleNamespace(notes=[]))  # the trainer goes to train_with_progress as it is
+
+    monkeypatch.setattr(compare_engine, "run_contender", contender)
+    monkeypatch.setattr(cli, "train_with_progress", lambda trainer, quiet=False: asked.append(quiet) or _stop_with_ctrl_c())
+    out = tmp_path / "cmp"
+    command = ["compare", "--models", "mnist-tiny,resnet-small", "--epochs", "1", "--out", str(out), *flags]
+    assert vitlab_main(command) == 130
+    assert asked == [quiet]
+
+
+def _stop_with_ctrl_c():
+    raise KeyboardInterrupt
 
 
 def test_export_onnx_then_predict_with_it(trained_run, tmp_path):

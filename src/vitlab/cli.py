@@ -642,7 +642,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if note not in noted:  # the data's notes: once, not once per model
                 print(f"vitlab: note: {note}", file=sys.stderr)
                 noted.add(note)
-        return train_with_progress(trainer)
+        return train_with_progress(trainer, quiet=args.quiet)
 
     try:
         for name, config, run_dir, resumes in zip(names, configs, run_dirs, continuing):
@@ -875,6 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--recipe", help=RECIPE_HELP)
     compare.add_argument("--out", help="folder for the runs and the table (default: runs/compare-<dataset>-<time>)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
     compare.add_argument("--json", action="store_true")
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every model")
     compare.set_defaults(handler=cmd_compare)
