@@ -566,7 +566,9 @@ def test_compare_quiet_trains_each_model_without_a_progress_bar(tmp_path, monkey
         train(SimpleNamespace(notes=[]))  # the trainer goes to train_with_progress as it is
 
     monkeypatch.setattr(compare_engine, "run_contender", contender)
-    monkeypatch.setattr(cli, "train_with_progress", lambda trainer, quiet=False: asked.append(quiet) or _stop_with_ctrl_c())
+    monkeypatch.setattr(
+        cli, "train_with_progress", lambda trainer, quiet=False: asked.append(quiet) or _stop_with_ctrl_c()
+    )
     out = tmp_path / "cmp"
     command = ["compare", "--models", "mnist-tiny,resnet-small", "--epochs", "1", "--out", str(out), *flags]
     assert vitlab_main(command) == 130

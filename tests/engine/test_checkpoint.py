@@ -45,6 +45,12 @@ def test_non_checkpoint_files_are_refused(tmp_path):
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoints"):
         load_checkpoint(tmp_path / "empty_run")
+    ckpt.save_tensors(tmp_path / "resume.safetensors", {"w": torch.zeros(1)}, {}, kind=ckpt.RESUME_FORMAT)
+    with pytest.raises(CheckpointError, match=r"a run's resume state \(for vitlab train --resume\); use the run"):
+        load_checkpoint(tmp_path / "resume.safetensors")
+    ckpt.save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, {}, kind="something-else")
+    with pytest.raises(CheckpointError, match="a safetensors file but not a vitlab-checkpoint file"):
+        load_checkpoint(tmp_path / "other.safetensors")
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):

@@ -59,7 +59,13 @@ def load_tensors(path: Path, expected_format: str = FORMAT) -> tuple[dict[str, t
         if path.suffix == ".onnx":  # predict and eval take exported files before they get here
             raise exported_file_error(path) from None
         raise CheckpointError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != expected_format:
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found == RESUME_FORMAT and expected_format == FORMAT:
+        raise CheckpointError(
+            f"{path} is a run's resume state (for vitlab train --resume); use the run folder or its "
+            "best.safetensors or last.safetensors"
+        )
+    if found != expected_format:
         raise CheckpointError(f"{path} is a safetensors file but not a {expected_format} file")
     return tensors, metadata
 
