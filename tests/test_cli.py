@@ -66,6 +66,20 @@ def test_train_json_prints_one_object_and_writes_the_run_directory(trained_run):
         assert (run_dir / "checkpoints" / f"{name}.json").exists()
 
 
+def test_a_path_inside_a_run_given_for_the_run_names_the_run(trained_run, tmp_path, capsys):
+    run_dir, _ = trained_run
+    for inside in (run_dir / "checkpoints", run_dir / "checkpoints" / "best.safetensors"):
+        assert vitlab_main(["train", "--resume", str(inside)]) == 2
+        said = capsys.readouterr().err
+        assert said == f"vitlab: error: {inside} is not a run directory (no config.yaml); the run is {run_dir}\n"
+    assert vitlab_main(["report", str(run_dir / "checkpoints")]) == 2
+    assert capsys.readouterr().err.endswith(f"(needs config.yaml and metrics.jsonl); the run is {run_dir}\n")
+    assert vitlab_main(["train", "--resume", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err == f"vitlab: error: run directory not found: {tmp_path / 'absent'}\n"
+    assert vitlab_main(["train", "--resume", str(tmp_path)]) == 2  # not inside a run: no hint
+    assert capsys.readouterr().err == f"vitlab: error: {tmp_path} is not a run directory (no config.yaml)\n"
+
+
 def test_eval_reports_accuracy_and_per_class_accuracy(trained_run):
     run_dir, _ = trained_run
     report = json.loads(vitlab("eval", run_dir, "--json").stdout)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from tests.helpers import tiny_config
 from vitlab import atomic
@@ -49,8 +50,11 @@ def test_non_checkpoint_files_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"a run's resume state \(for vitlab train --resume\); use the run"):
         load_checkpoint(tmp_path / "resume.safetensors")
     ckpt.save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, {}, kind="something-else")
-    with pytest.raises(CheckpointError, match="a safetensors file but not a vitlab-checkpoint file"):
+    with pytest.raises(CheckpointError, match="is a vitlab something-else file, not a vitlab-checkpoint file"):
         load_checkpoint(tmp_path / "other.safetensors")
+    save_file({"w": torch.zeros(1)}, tmp_path / "foreign.safetensors")  # another library's weights
+    with pytest.raises(ckpt.ForeignFileError, match="a safetensors file but not a vitlab-checkpoint file"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):

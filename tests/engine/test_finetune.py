@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from tests.helpers import grey_image_folder, tiny_config
-from vitlab.engine.checkpoint import save_checkpoint
-from vitlab.engine.finetune import freeze_until, layer_scale
+from vitlab.engine.checkpoint import RESUME_FORMAT, save_checkpoint, save_tensors
+from vitlab.engine.finetune import freeze_until, layer_scale, read_source
 from vitlab.engine.train import Trainer, prepare_run_dir
 from vitlab.errors import CheckpointError
 from vitlab.models.vit import ViT
@@ -94,3 +94,10 @@ def test_source_of_another_architecture_is_refused(tmp_path, source):
     prepare_run_dir(config, tmp_path / "run")
     with pytest.raises(CheckpointError, match="does not fit"):
         Trainer(config, tmp_path / "run")
+
+
+def test_a_runs_resume_state_is_named_as_such_not_read_as_another_librarys_weights(tmp_path, source):
+    _, model = source
+    save_tensors(tmp_path / "resume.safetensors", model.state_dict(), {}, kind=RESUME_FORMAT)
+    with pytest.raises(CheckpointError, match="is a run's resume state"):  # was: not a timm state dict
+        read_source(tmp_path / "resume.safetensors")

@@ -29,6 +29,10 @@ FORMAT_VERSION = 1
 METADATA_KEY = "vitlab"
 
 
+class ForeignFileError(CheckpointError):
+    """A readable safetensors file that vitlab did not write (another library's weights, perhaps)."""
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], kind: str = FORMAT) -> None:
     """Save named tensors and a JSON-able metadata dict (tagged with its `kind`) as one safetensors file, atomically."""
     metadata = {"format": kind, **metadata}
@@ -65,8 +69,10 @@ def load_tensors(path: Path, expected_format: str = FORMAT) -> tuple[dict[str, t
             f"{path} is a run's resume state (for vitlab train --resume); use the run folder or its "
             "best.safetensors or last.safetensors"
         )
+    if found is None:
+        raise ForeignFileError(f"{path} is a safetensors file but not a {expected_format} file")
     if found != expected_format:
-        raise CheckpointError(f"{path} is a safetensors file but not a {expected_format} file")
+        raise CheckpointError(f"{path} is a vitlab {found} file, not a {expected_format} file")
     return tensors, metadata
 
 

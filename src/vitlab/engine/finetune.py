@@ -10,6 +10,7 @@ from torch import nn
 
 from vitlab.config import ModelConfig
 from vitlab.engine.checkpoint import (
+    ForeignFileError,
     exported_file_error,
     load_tensors,
     model_config_from_metadata,
@@ -40,7 +41,7 @@ def read_source(source: str | Path) -> PretrainedSource:
         checkpoint = resolve_checkpoint(path)
         try:
             state, metadata = load_tensors(checkpoint)
-        except CheckpointError:
+        except ForeignFileError:
             if path.is_dir():
                 raise
             converted = load_foreign(path)  # a timm state dict saved as safetensors

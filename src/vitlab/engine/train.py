@@ -623,10 +623,21 @@ def start_new_run(config: RunConfig, run_dir: Path) -> Trainer:
 
 def saved_config_path(run_dir: Path) -> Path:
     """The config.yaml of an existing run (a clear error when the folder holds none)."""
-    config_path = Path(run_dir) / "config.yaml"
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml){enclosing_run_hint(run_dir)}")
     return config_path
+
+
+def enclosing_run_hint(path: Path) -> str:
+    """'; the run is R' when `path` lies inside run R (its checkpoints/ folder, or a file in it), else ''."""
+    for folder in list(Path(path).parents)[:2]:
+        if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+            return f"; the run is {folder}"
+    return ""
 
 
 def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:

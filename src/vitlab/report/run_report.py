@@ -16,7 +16,7 @@ from vitlab.engine.checkpoint import load_checkpoint, scoring_precision
 from vitlab.engine.evaluate import predict_logits, scores_from_logits
 from vitlab.engine.runtime import autocast_dtype, resolve_device
 from vitlab.engine.schedule import warmup_cosine
-from vitlab.engine.train import read_metrics
+from vitlab.engine.train import enclosing_run_hint, read_metrics
 from vitlab.errors import ConfigError
 from vitlab.explain.attention import layer_maps, rollout_map, to_image_grid
 from vitlab.models.vit import ViT
@@ -120,7 +120,10 @@ def build_report(run_dir: str | Path) -> Path:
     """Write run_dir/report.md and run_dir/report/*.png from the run's config, metrics and last checkpoint."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.jsonl").exists():
-        raise ConfigError(f"{run_dir} is not a finished run directory (needs config.yaml and metrics.jsonl)")
+        raise ConfigError(
+            f"{run_dir} is not a finished run directory (needs config.yaml and metrics.jsonl)"
+            + enclosing_run_hint(run_dir)
+        )
     config = load_run_config(run_dir / "config.yaml")
     history = [vars(stats) for stats in read_metrics(run_dir)]
     if not history:
