@@ -109,6 +109,8 @@ def test_python_api_reads_arrays_of_wide_types_as_image_files_of_them_and_refuse
     as_file = classifier.predict_proba(tmp_path / "scan.png")
     torch.testing.assert_close(classifier.predict_proba(scan), as_file)  # scaled from 65535, not clipped at 255
     torch.testing.assert_close(classifier.predict_proba(scan.astype(np.float32) / 65535), as_file, atol=1e-3, rtol=0)
+    digit = torch.from_numpy(scan[None] // 257).float() / 255  # bfloat16 keeps each k/255 within half a level
+    torch.testing.assert_close(classifier.predict_proba(digit.bfloat16()), classifier.predict_proba(digit))
     # nothing in, nothing out: a (0, classes) array and no predictions
     assert classifier.predict_proba([]).shape == (0, 10) and classifier.predict(np.zeros((0, 28, 28))) == []
     with pytest.raises(ImageError, match="NaN or infinite"):

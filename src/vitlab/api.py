@@ -132,6 +132,8 @@ class Classifier:
             return convert_image(image, self.channels, self.img_size)
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu()
+            if image.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every bfloat16 exactly
+                image = image.float()
             if image.ndim == 3 and image.shape[0] in (1, 3, 4):  # channels first -> last for PIL
                 image = image.permute(1, 2, 0)
             image = image.numpy()
