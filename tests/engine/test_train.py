@@ -245,6 +245,16 @@ def test_a_note_says_how_many_images_whole_batches_leave_out_and_a_batch_size_th
     assert not [note for note in even.notes if "each epoch" in note]
 
 
+def test_a_warmup_longer_than_the_run_is_noted_with_the_learning_rate_it_ends_at(tmp_path):
+    long = new_trainer(tmp_path, quick_config(epochs=2, train_images=500, warmup_epochs=4), "long")
+    (note,) = [note for note in long.notes if "warmup" in note]
+    assert "longer than the run's 2 epochs" in note and "ends at 50% of train.lr=0.005" in note
+    last_step = 2 * long.steps_per_epoch - 1
+    assert long.learning_rate(last_step, elapsed=0.0) == pytest.approx(0.5 * 0.005)
+    fitting = new_trainer(tmp_path, quick_config(epochs=2, train_images=500, warmup_epochs=2), "fitting")
+    assert not [note for note in fitting.notes if "warmup" in note]
+
+
 def test_micro_batches_add_up_to_the_whole_batchs_step(tmp_path):
     # fp32 without augmentation or dropout: only the order of floating-point sums differs.
     def trainer(name, micro_batches):

@@ -53,6 +53,7 @@ from vitlab.engine.schedule import warmup_cosine
 from vitlab.errors import CheckpointError, ConfigError, VitlabError
 from vitlab.interrupts import raise_swallowed_interrupt
 from vitlab.models.registry import build_model
+from vitlab.terminal import counted
 
 # A note says how many training images each epoch leaves out once that is more than this fraction.
 LEFT_OUT_NOTE_FRACTION = 0.1
@@ -170,6 +171,13 @@ class Trainer:
                 f"pass train.batch_size=N with N at most {len(self.train_set)}"
             )
         self.note_left_out_images()
+        train = config.train
+        if not train.time_budget and train.warmup_epochs > train.epochs:  # it would run silently at a fraction of lr
+            self.notes.append(
+                f"train.warmup_epochs={train.warmup_epochs:g} is longer than the run's {counted(train.epochs, 'epoch')}: the "
+                f"learning rate climbs the whole run and ends at {train.epochs / train.warmup_epochs:.0%} of "
+                f"train.lr={train.lr:g}, with no decay"
+            )
         self.start_epoch = 0
         self.best_accuracy = -1.0
         self.elapsed_before = 0.0  # run time spent before a resume, for time budgets
