@@ -122,6 +122,16 @@ def test_two_processes_in_micro_batches_match_one_process_with_the_same_global_b
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_two_processes_on_a_time_budget_keep_identical_weights(tmp_path):
+    # Each rank reads its own clock; the schedule on time must still give every rank the same rate.
+    run_dir = tmp_path / "ddp"
+    overrides = [*OVERRIDES, "train.time_budget=2", "train.warmup_epochs=0.5"]
+    run_two_ranks("ddp_worker.py", lambda rank, port: [rank, 2, port, run_dir, *overrides], timeout=240)
+    rank0, rank1 = (load_file(run_dir / f"rank{r}.safetensors") for r in range(2))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+
+
 def test_a_two_process_run_resumes_in_one_process(tmp_path):
     run_dir = tmp_path / "ddp"
     train_two_ranks(run_dir)

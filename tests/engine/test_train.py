@@ -118,17 +118,23 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
         prepare_run_dir(quick_config(epochs=1), tmp_path / "run")
 
 
-def test_time_budget_ends_the_run_on_time_with_the_schedule_decayed(tmp_path):
-    config = quick_config(epochs=1, time_budget=4.0, min_lr=0.0)
-    trainer = new_trainer(tmp_path, config)
-    seen_lrs = []
+def recorded_learning_rates(trainer: Trainer) -> list[float]:
+    """The learning rate of each step the trainer takes from now on, in a list that fills as it trains."""
+    seen = []
     original = trainer.learning_rate
 
     def recording(step, elapsed):
-        seen_lrs.append(original(step, elapsed))
-        return seen_lrs[-1]
+        seen.append(original(step, elapsed))
+        return seen[-1]
 
     trainer.learning_rate = recording
+    return seen
+
+
+def test_time_budget_ends_the_run_on_time_with_the_schedule_decayed(tmp_path):
+    config = quick_config(epochs=1, time_budget=4.0, min_lr=0.0)
+    trainer = new_trainer(tmp_path, config)
+    seen_lrs = recorded_learning_rates(trainer)
     started = time.perf_counter()
     result = trainer.run()
     # Ends within one step plus one evaluation of the budget, whatever train.epochs says.
@@ -136,6 +142,33 @@ def test_time_budget_ends_the_run_on_time_with_the_schedule_decayed(tmp_path):
     assert result.history[-1].elapsed >= 3.0
     assert max(seen_lrs) == pytest.approx(config.train.lr, rel=0.05)
     assert seen_lrs[-1] < 0.1 * max(seen_lrs)  # decayed by the time the budget ran out
+
+
+def test_a_budget_shorter_than_the_warm_up_still_reaches_the_learning_rate_and_decays(tmp_path):
+    # 50 epochs of warm-up in a 3 s budget: the warm-up ends by a tenth of the budget instead.
+    config = quick_config(epochs=1, train_images=500, time_budget=3.0, warmup_epochs=50, min_lr=0.0)
+    trainer = new_trainer(tmp_path, config)
+    seen_lrs = recorded_learning_rates(trainer)
+    trainer.run()
+    assert max(seen_lrs) == pytest.approx(config.train.lr, rel=0.01)
+    assert seen_lrs.index(max(seen_lrs)) < len(seen_lrs) / 2 and seen_lrs[-1] < 0.1 * config.train.lr
+    assert 0.3 <= trainer.warmup_done_at < 1.5  # by time: 50 epochs of steps never end in 3 s
+
+
+def test_a_budgeted_run_resumes_its_decay_where_it_stopped_not_from_the_top(tmp_path):
+    config = quick_config(epochs=1, train_images=500, time_budget=60.0)
+
+    def interrupt(stats):
+        raise KeyboardInterrupt  # Ctrl-C after the first epoch, its warm-up (half an epoch) done
+
+    interrupted = new_trainer(tmp_path, config)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run(on_epoch=interrupt)
+    resumed = trainer_for_resume(tmp_path / "run")
+    assert resumed.warmup_done_at == interrupted.warmup_done_at is not None
+    later = resumed.steps_per_epoch * 5
+    assert resumed.learning_rate(later, elapsed=45.0) == interrupted.learning_rate(later, elapsed=45.0)
+    assert resumed.learning_rate(later, elapsed=45.0) < 0.2 * config.train.lr
 
 
 def test_ema_weights_are_evaluated_and_saved_beside_the_raw_weights(tmp_path):

@@ -60,6 +60,9 @@ LEFT_OUT_NOTE_FRACTION = 0.1
 # The progress callback hears of the running loss at most this often: each report reads the loss and
 # accuracy off the device, which on a GPU waits for the step to finish instead of queueing the next.
 PROGRESS_SECONDS = 0.2
+# With a time budget the warm-up ends by this share of the budget at the latest, so that a budget shorter
+# than train.warmup_epochs still reaches train.lr and decays (warm-ups of 5-10% of a run are the usual).
+WARMUP_MAX_BUDGET_SHARE = 0.1
 
 
 @dataclass
@@ -260,6 +263,7 @@ class Trainer:
             "epoch": epoch,
             "best_accuracy": self.best_accuracy,
             "elapsed": elapsed,
+            "warmup_done_at": self.warmup_done_at,  # where a budget's decay began, for a resume to go on with it
             "optimizer_steps": self.optimizer_steps,
             "param_groups": groups,
         }
@@ -299,6 +303,8 @@ class Trainer:
         self.start_epoch = int(metadata["epoch"])
         self.best_accuracy = float(metadata["best_accuracy"])
         self.elapsed_before = float(metadata.get("elapsed", 0.0))
+        warmup_done_at = metadata.get("warmup_done_at")
+        self.warmup_done_at = None if warmup_done_at is None else float(warmup_done_at)
         self.optimizer_steps = int(metadata.get("optimizer_steps", 0))
 
     # ----- the loop ---------------------------------------------------------------------------
@@ -346,14 +352,18 @@ class Trainer:
         return loss.detach().double() * len(labels), (logits.argmax(dim=1) == labels).sum()
 
     def learning_rate(self, step: int, elapsed: float) -> float:
-        """Warm-up over steps, then cosine decay over steps or, with a time budget, over elapsed time."""
+        """Warm-up over steps, then cosine decay over steps or, with a time budget, over elapsed time.
+
+        With a budget the warm-up goes by steps or by WARMUP_MAX_BUDGET_SHARE of the budget, whichever is
+        further along, and the decay takes the rest of the budget from where the warm-up ended."""
         train = self.config.train
         warmup_steps = int(round(train.warmup_epochs * self.steps_per_epoch))
         if not train.time_budget:
             return warmup_cosine(step, train.epochs * self.steps_per_epoch, warmup_steps, train.lr, train.min_lr)
-        if step < warmup_steps:
-            return warmup_cosine(step, warmup_steps + 1, warmup_steps, train.lr, train.min_lr)
         if self.warmup_done_at is None:
+            warmed = max((step + 1) / max(warmup_steps, 1), elapsed / (WARMUP_MAX_BUDGET_SHARE * train.time_budget))
+            if warmup_steps and warmed < 1.0:
+                return train.lr * warmed
             self.warmup_done_at = elapsed
         span = max(train.time_budget - self.warmup_done_at, 1e-9)
         progress = min((elapsed - self.warmup_done_at) / span, 1.0)
@@ -401,11 +411,16 @@ class Trainer:
                 raise_swallowed_interrupt()
                 step = epoch * self.steps_per_epoch + step_in_epoch
                 elapsed = time.perf_counter() - started
-                # The budget ends mid-epoch (for every rank at once): stop with the schedule decayed. Never
-                # before an epoch's first step: the epoch before may have skipped its evaluation as not the
-                # last, and this one, scored, ends the run.
-                if budget and step_in_epoch and sum_across([float(elapsed >= budget)], self.world)[0] > 0:
-                    break
+                if budget:
+                    # Every rank takes the ranks' mean clock, so all set the same learning rate (their
+                    # weights stay identical) and stop at the same step.
+                    over, clocks = sum_across([float(elapsed >= budget), elapsed], self.world)
+                    elapsed = clocks / self.world.size
+                    # The budget ends mid-epoch: stop with the schedule decayed. Never before an epoch's
+                    # first step: the epoch before may have skipped its evaluation as not the last, and
+                    # this one, scored, ends the run.
+                    if step_in_epoch and over > 0:
+                        break
                 lr = self.learning_rate(step, elapsed)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
