@@ -171,6 +171,20 @@ def test_a_budgeted_run_resumes_its_decay_where_it_stopped_not_from_the_top(tmp_
     assert resumed.learning_rate(later, elapsed=45.0) < 0.2 * config.train.lr
 
 
+def test_a_finished_budgeted_run_resumed_is_measured_as_it_is_not_trained_further(tmp_path):
+    # What compare does with a model whose run finished before the comparison was stopped.
+    finished = new_trainer(tmp_path, quick_config(epochs=1, train_images=500, time_budget=2.0)).run()
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    last, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    resumed = trainer_for_resume(tmp_path / "run")
+    again = resumed.run()
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # no epoch of one more step
+    assert len(again.history) == len(finished.history)
+    assert again.final.accuracy == finished.history[-1].test_accuracy
+    for name, value in last.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name].cpu()), name
+
+
 def test_ema_weights_are_evaluated_and_saved_beside_the_raw_weights(tmp_path):
     trainer = new_trainer(tmp_path, quick_config(epochs=1, ema_decay=0.99, eval_batch_size=200))
     passes = []

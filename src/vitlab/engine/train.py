@@ -185,6 +185,7 @@ class Trainer:
         self.best_accuracy = -1.0
         self.elapsed_before = 0.0  # run time spent before a resume, for time budgets
         self.warmup_done_at: float | None = None
+        self.budget_spent = False  # a budgeted run's last epoch is behind it
         # Kept on the device once, so each batch is an index into memory, not a Python loop.
         # Under torchrun, gradients are averaged across processes by DDP; weights stay identical.
         self.ddp = nn.parallel.DistributedDataParallel(self.model) if self.world.distributed else None
@@ -249,7 +250,7 @@ class Trainer:
             "metrics": metrics,
         }
 
-    def save_resume_state(self, epoch: int, elapsed: float) -> None:
+    def save_resume_state(self, epoch: int, elapsed: float, budget_spent: bool = False) -> None:
         """Weights, optimiser state and position in one file, so a resume never mixes epochs."""
         tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
         if self.ema_model is not None:
@@ -264,6 +265,7 @@ class Trainer:
             "best_accuracy": self.best_accuracy,
             "elapsed": elapsed,
             "warmup_done_at": self.warmup_done_at,  # where a budget's decay began, for a resume to go on with it
+            "budget_spent": budget_spent,  # the run is over: a resume measures it, and trains no further step
             "optimizer_steps": self.optimizer_steps,
             "param_groups": groups,
         }
@@ -305,6 +307,9 @@ class Trainer:
         self.elapsed_before = float(metadata.get("elapsed", 0.0))
         warmup_done_at = metadata.get("warmup_done_at")
         self.warmup_done_at = None if warmup_done_at is None else float(warmup_done_at)
+        # Resume states written before the flag: a budget spent by the last save is the run's end.
+        budget = self.config.train.time_budget
+        self.budget_spent = bool(metadata.get("budget_spent", budget and self.elapsed_before >= budget))
         self.optimizer_steps = int(metadata.get("optimizer_steps", 0))
 
     # ----- the loop ---------------------------------------------------------------------------
@@ -396,7 +401,8 @@ class Trainer:
         scores = None
         self.model.train()
         epoch = self.start_epoch
-        while budget or epoch < cfg.train.epochs:  # a budgeted run stops after the epoch the budget ends in
+        # A budgeted run stops after the epoch the budget ends in (one resumed after it trains nothing).
+        while (budget and not self.budget_spent) or (not budget and epoch < cfg.train.epochs):
             # Reseed per epoch: the shuffle, augmentation and dropout of epoch e depend only on (seed, e).
             torch.manual_seed(cfg.train.seed * 100_003 + epoch)
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
@@ -465,6 +471,7 @@ class Trainer:
                 elapsed=time.perf_counter() - started,
                 ema_test_accuracy=ema_scores.accuracy if ema_scores else None,
             )
+            self.budget_spent = bool(budget and last)
             self.finish_epoch(stats, result.history)
             result.history.append(stats)
             if on_epoch is not None:
@@ -554,7 +561,7 @@ class Trainer:
             self.best_accuracy = accuracy
             best_info = self.checkpoint_info(stats.epoch, {"test_accuracy": accuracy}) | {"weights": kind}
             save_checkpoint(self.checkpoint_dir / "best.safetensors", model, best_info)
-        self.save_resume_state(stats.epoch, stats.elapsed)
+        self.save_resume_state(stats.epoch, stats.elapsed, self.budget_spent)
 
 
 def make_ema(model: nn.Module) -> nn.Module:
