@@ -73,7 +73,9 @@ def write_comparison(results: list[ContenderResult], folder: Path, title: str) -
         zoom.set_ylim(max(min(finals) - 2, 0), min(max(finals) + 0.5, 100))
     for ax in (full, zoom):
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+    if any(r.curve for r in results):
+        # One legend below both panels: inside the zoomed one it covered the lower model's last points.
+        fig.legend(*full.get_legend_handles_labels(), loc="outside lower center", ncols=len(results))
     save_figure(fig, folder / "compare.png")
 
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
