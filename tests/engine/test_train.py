@@ -176,6 +176,8 @@ def test_a_finished_budgeted_run_resumed_is_measured_as_it_is_not_trained_furthe
     finished = new_trainer(tmp_path, quick_config(epochs=1, train_images=500, time_budget=2.0)).run()
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
     last, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    with pytest.raises(ConfigError, match="time budget of 2s, which --epochs does not change"):
+        trainer_for_resume(tmp_path / "run", epochs=5)
     resumed = trainer_for_resume(tmp_path / "run")
     again = resumed.run()
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # no epoch of one more step

@@ -674,6 +674,10 @@ def trainer_for_resume(run_dir: Path, epochs: int | None = None) -> Trainer:
     """A Trainer that continues the run in run_dir from its last completed epoch (or from the start)."""
     config_path = saved_config_path(run_dir)
     config = load_run_config(config_path).validate()
+    if epochs is not None and config.train.time_budget:  # it would be saved and never read
+        raise ConfigError(
+            f"{run_dir} trains on a time budget of {config.train.time_budget:g}s, which --epochs does not change"
+        )
     if epochs is not None:
         config.train.epochs = epochs
     # A run stopped before its first epoch ended saved its config and nothing else: it starts again as it began.
