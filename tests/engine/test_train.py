@@ -183,6 +183,7 @@ def test_a_finished_budgeted_run_resumed_is_measured_as_it_is_not_trained_furthe
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # no epoch of one more step
     assert len(again.history) == len(finished.history)
     assert again.final.accuracy == finished.history[-1].test_accuracy
+    assert again.seconds == finished.history[-1].elapsed  # the run's time, not that of scoring it again
     for name, value in last.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name].cpu()), name
 

@@ -481,7 +481,8 @@ class Trainer:
                 break
         result.final = scores or scored(self.model, "testing")
         result.best_accuracy = max(self.best_accuracy, 0.0)
-        result.seconds = time.perf_counter() - started
+        # A finished run resumed trained nothing: its time is the run's, not that of scoring it again.
+        result.seconds = time.perf_counter() - started if epoch > self.start_epoch else self.elapsed_before
         return result
 
     def is_last_epoch(self, epoch: int, started: float) -> bool:
