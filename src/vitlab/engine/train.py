@@ -250,7 +250,7 @@ class Trainer:
             "metrics": metrics,
         }
 
-    def save_resume_state(self, epoch: int, elapsed: float, budget_spent: bool = False) -> None:
+    def save_resume_state(self, epoch: int, elapsed: float) -> None:
         """Weights, optimiser state and position in one file, so a resume never mixes epochs."""
         tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
         if self.ema_model is not None:
@@ -265,7 +265,7 @@ class Trainer:
             "best_accuracy": self.best_accuracy,
             "elapsed": elapsed,
             "warmup_done_at": self.warmup_done_at,  # where a budget's decay began, for a resume to go on with it
-            "budget_spent": budget_spent,  # the run is over: a resume measures it, and trains no further step
+            "budget_spent": self.budget_spent,  # the run is over: a resume measures it, and trains no further step
             "optimizer_steps": self.optimizer_steps,
             "param_groups": groups,
         }
@@ -402,7 +402,7 @@ class Trainer:
         self.model.train()
         epoch = self.start_epoch
         # A budgeted run stops after the epoch the budget ends in (one resumed after it trains nothing).
-        while (budget and not self.budget_spent) or (not budget and epoch < cfg.train.epochs):
+        while not self.budget_spent if budget else epoch < cfg.train.epochs:
             # Reseed per epoch: the shuffle, augmentation and dropout of epoch e depend only on (seed, e).
             torch.manual_seed(cfg.train.seed * 100_003 + epoch)
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
@@ -562,7 +562,7 @@ class Trainer:
             self.best_accuracy = accuracy
             best_info = self.checkpoint_info(stats.epoch, {"test_accuracy": accuracy}) | {"weights": kind}
             save_checkpoint(self.checkpoint_dir / "best.safetensors", model, best_info)
-        self.save_resume_state(stats.epoch, stats.elapsed, self.budget_spent)
+        self.save_resume_state(stats.epoch, stats.elapsed)
 
 
 def make_ema(model: nn.Module) -> nn.Module:
