@@ -112,6 +112,14 @@ def test_eval_on_a_missing_device_fails_before_reading_data(trained_run, monkeyp
     )
 
 
+def test_eval_on_a_data_set_of_another_class_count_fails_before_fetching_it(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    # cifar100 is not in tmp_path: before the check, eval went for the download (the closed mirror here).
+    result = vitlab("eval", run_dir, "--dataset", "cifar100", check=False, env={"VITLAB_DATA": str(tmp_path)})
+    _assert_clean_error(result, "the model has 10 classes but cifar100 has 100")
+    assert list(tmp_path.iterdir()) == []  # nothing fetched, no folder made
+
+
 def test_eval_reads_the_data_set_from_where_the_run_trained_on_it(tmp_path):
     run_dir = tmp_path / "run"
     data_dir = shared_data("fashion-mnist")

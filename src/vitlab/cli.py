@@ -236,7 +236,7 @@ def _report_error(message: str) -> None:
 # ----- eval --------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.config import DataConfig
-    from vitlab.data.datasets import open_dataset
+    from vitlab.data.datasets import input_shape, open_dataset
     from vitlab.engine.checkpoint import load_checkpoint, scoring_precision
     from vitlab.engine.evaluate import batched_logits, evaluate, scores_from_logits
     from vitlab.engine.runtime import autocast_dtype, configure_cpu, precision_name, resolve_device
@@ -260,6 +260,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dtype = autocast_dtype(args.precision or scoring_precision(metadata), device, "--precision")
         channels, img_size, num_classes = model.config.in_channels, model.config.img_size, model.config.num_classes
     name = args.dataset or metadata.get("dataset", "mnist")
+    _, classes = input_shape(name)  # known before a named data set is downloaded or a folder decoded
+    if classes != num_classes:
+        raise ConfigError(f"the model has {num_classes} classes but {name} has {classes}")
     fraction, seed = trained_test_split(metadata, name, args.checkpoint)
     data = open_dataset(
         DataConfig(dataset=name, data_dir=args.data_dir or trained_data_dir(metadata, name), test_fraction=fraction),
@@ -270,8 +273,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     for note in data.notes:  # files of the folder left out of the score
         print(f"vitlab: note: {note}", file=sys.stderr)
-    if len(data.class_names) != num_classes:
-        raise ConfigError(f"the model has {num_classes} classes but {name} has {len(data.class_names)}")
     trained_state = metadata.get("folder_state")
     if trained_state and data.folder_state and data.folder_state != trained_state and is_trained_folder(metadata, name):
         print(
