@@ -84,6 +84,14 @@ def test_python_api_predicts_from_paths_pil_numpy_and_tensors(tmp_path, checkpoi
     torch.testing.assert_close(classifier.predict_proba(inputs[0]), expected, atol=1e-5, rtol=0)
     with pytest.raises(ImageError, match="cannot read an image"):
         classifier.predict([42])
+    # Grey with alpha, as np.asarray reads an "LA" PNG: one image (it was split into 28 before), the file's reading.
+    alpha = np.tile(np.linspace(0, 255, 28).astype(np.uint8), (28, 1))
+    Image.fromarray(np.stack([digit, alpha], axis=-1), mode="LA").save(tmp_path / "digit_alpha.png")
+    grey_alpha = np.asarray(Image.open(tmp_path / "digit_alpha.png"))
+    assert grey_alpha.shape == (28, 28, 2)
+    from_file = classifier.predict_proba(tmp_path / "digit_alpha.png")
+    for same in (grey_alpha, torch.tensor(grey_alpha).permute(2, 0, 1)):
+        torch.testing.assert_close(classifier.predict_proba(same), from_file)
 
 
 def test_python_api_splits_stacked_batches_into_images(checkpoint, monkeypatch):

@@ -24,6 +24,8 @@ from vitlab.terminal import counting_bar
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 PREDICT_CHUNK = 256  # images per forward pass in predict_proba
+# Channels a single image's array may have: grey, grey + alpha (np.asarray of an "LA" PNG), RGB, RGBA.
+IMAGE_CHANNELS = (1, 2, 3, 4)
 
 
 @dataclass
@@ -44,13 +46,13 @@ def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
     """The images in a list, a single image, or a stacked batch split along its first axis.
 
     A batch is a 4-D array (N, H, W, C) or tensor (N, C, H, W), or a 3-D one whose channel axis cannot be
-    one (numpy's last, a tensor's first, must be 1, 3 or 4 for a single image): (N, H, W) grey images.
+    one (numpy's last, a tensor's first, is 1 to 4 for a single image): (N, H, W) grey images.
     """
     if isinstance(images, (list, tuple)):
         return list(images)
     if isinstance(images, (np.ndarray, torch.Tensor)):
         channels = images.shape[0] if isinstance(images, torch.Tensor) else images.shape[-1]
-        if images.ndim == 4 or (images.ndim == 3 and channels not in (1, 3, 4)):
+        if images.ndim == 4 or (images.ndim == 3 and channels not in IMAGE_CHANNELS):
             return list(images)
     return [images]
 
@@ -134,7 +136,7 @@ class Classifier:
             image = image.detach().cpu()
             if image.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every bfloat16 exactly
                 image = image.float()
-            if image.ndim == 3 and image.shape[0] in (1, 3, 4):  # channels first -> last for PIL
+            if image.ndim == 3 and image.shape[0] in IMAGE_CHANNELS:  # channels first -> last for PIL
                 image = image.permute(1, 2, 0)
             image = image.numpy()
         if isinstance(image, np.ndarray):
