@@ -134,7 +134,7 @@ class DataConfig:
 
     dataset: str = "mnist"
     data_dir: str = ""  # empty means the packaged copy / default cache
-    train_subset: int = 0  # 0 means the whole training split; otherwise the first N (for quick runs)
+    train_subset: int = 0  # 0 means the whole training split; otherwise N spread evenly over it (quick runs)
     test_fraction: float = 0.2  # image folders without train/ and test/: share held out for testing
     test_subset: int = 0
     augment: bool = True  # master switch for everything below

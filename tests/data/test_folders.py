@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import unreadable_image_folder
+from tests.helpers import grey_image_folder, unreadable_image_folder
 from vitlab import terminal
 from vitlab.config import DataConfig
 from vitlab.data import folders
@@ -261,3 +261,13 @@ def test_decoded_images_stream_to_disk_so_memory_stays_bounded(tmp_path):
     assert torch.equal(again.images[599], split.images[599])
     uncached = folders.load_folder_split(files, 3, 160, use_cache=False, workers=1)
     assert torch.equal(uncached.images[7], split.images[7])
+
+
+def test_a_subset_of_a_folder_draws_from_every_class_in_proportion(tmp_path):
+    # A folder lists its files class by class: the first 9 of these 30 would all be class a.
+    root = grey_image_folder(tmp_path / "folder", classes=("a", "b", "c"), per_class=10)
+    data = open_dataset(DataConfig(dataset=str(root), test_fraction=0.0, train_subset=9), 1, 12)
+    assert len(data.train) == 9 and data.train.labels.bincount().tolist() == [3, 3, 3]
+    whole = open_dataset(DataConfig(dataset=str(root), test_fraction=0.0), 1, 12)
+    spread = [0, 4, 7, 11, 14, 18, 22, 25, 29]  # from the first image to the last, evenly
+    assert torch.equal(data.train.images, whole.train.images[spread])

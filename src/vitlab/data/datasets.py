@@ -18,7 +18,7 @@ from vitlab.data.folders import (
     load_folder_split,
     split_roots,
 )
-from vitlab.data.sources import ImageDataset, dataset_info, load_split
+from vitlab.data.sources import ImageDataset, dataset_info, evenly_spread, load_split
 from vitlab.errors import DataError
 
 
@@ -49,7 +49,7 @@ def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[f
     """Per-channel mean and standard deviation of uint8 images, in [0, 1] units."""
     # Up to 20,000 images spread over the whole set (folders come sorted by class), 500 at a time,
     # so a memory-mapped folder is never read into memory whole.
-    picks = torch.linspace(0, len(images) - 1, min(len(images), 20_000)).round().long()
+    picks = evenly_spread(len(images), 20_000)
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for chunk in picks.split(500):

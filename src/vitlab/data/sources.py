@@ -131,6 +131,11 @@ DATASETS = {
 }
 
 
+def evenly_spread(total: int, count: int) -> torch.Tensor:
+    """`count` distinct indices (at most `total`) spread evenly from the first item to the last."""
+    return torch.linspace(0, total - 1, min(total, count)).round().long()
+
+
 @dataclass
 class ImageDataset:
     """A split held in memory: uint8 images (N, C, H, W), int64 labels (N,), and class names."""
@@ -143,10 +148,15 @@ class ImageDataset:
         return len(self.labels)
 
     def subset(self, count: int) -> ImageDataset:
-        """The first `count` examples (all of them when count is 0 or larger than the split)."""
+        """`count` examples spread evenly over the split (all of them when count is 0 or the split's size or more).
+
+        Spread, not the first ones: an image folder lists its files class by class, so its first 512 of
+        CIFAR-10's 50,000 were all airplanes, and a quick run scored 98.8% by always answering airplane.
+        """
         if not count or count >= len(self):
             return self
-        return ImageDataset(self.images[:count], self.labels[:count], self.class_names)
+        picks = evenly_spread(len(self), count)
+        return ImageDataset(self.images[picks], self.labels[picks], self.class_names)
 
 
 def dataset_info(name: str) -> DatasetInfo:
