@@ -10,7 +10,7 @@ from torch import nn
 
 from vitlab.config import RunConfig, load_run_config
 from vitlab.data.datasets import open_dataset
-from vitlab.data.sources import ImageDataset
+from vitlab.data.sources import ImageDataset, evenly_spread
 from vitlab.data.tensors import num_batches, to_model_input
 from vitlab.engine.checkpoint import load_checkpoint, scoring_precision
 from vitlab.engine.evaluate import predict_logits, scores_from_logits
@@ -29,9 +29,7 @@ ATTENTION_EXAMPLES = 3
 
 def spread(indices: torch.Tensor, count: int) -> torch.Tensor:
     """Up to `count` of the indices, evenly spaced (test sets are often sorted by class)."""
-    if len(indices) <= count:
-        return indices
-    return indices[torch.linspace(0, len(indices) - 1, count).round().long()]
+    return indices[evenly_spread(len(indices), count)]
 
 
 def most_confused_pairs(confusion: torch.Tensor, class_names: list[str], count: int = 5) -> list[tuple[str, str, int]]:
