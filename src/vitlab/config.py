@@ -136,7 +136,7 @@ class DataConfig:
     data_dir: str = ""  # empty means the packaged copy / default cache
     train_subset: int = 0  # 0 means the whole training split; otherwise N spread evenly over it (quick runs)
     test_fraction: float = 0.2  # image folders without train/ and test/: share held out for testing
-    test_subset: int = 0
+    test_subset: int = 0  # as train_subset, for the test split
     augment: bool = True  # master switch for everything below
     affine: bool = True
     rotate_degrees: float = 10.0
