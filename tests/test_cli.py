@@ -411,6 +411,7 @@ def _assert_clean_error(result, fragment):
         (["train", "data.train_subset=100"], "larger than the 100 training images; pass train.batch_size=N with N at"),
         (["train", "--resume", "run", "--seed", "1", "lr=0.1"], "--seed, key=value overrides cannot change it"),
         (["predict", "run", "digit.png", "--top-k", "-1"], "'-1' is not a whole number of at least 1"),
+        (["train", "--time-budget", "-5m"], "cannot read duration '-5m'"),  # not argparse's "expected one argument"
         (["train", "train.freeze_until=5"], "train.freeze_until=5 is more than the model's 4 blocks"),
     ],
 )

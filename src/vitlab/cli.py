@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -923,6 +924,31 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """`--opt -5m` written as `--opt=-5m`: argparse reads a word such as -5m as an unknown option and
+    answers "expected one argument", where the value itself is what is wrong (a negative duration)."""
+    attached: list[str] = []
+    for token in argv:
+        previous = attached[-1] if attached else ""
+        if re.match(r"-\.?\d", token) and previous.startswith("--") and previous != "--" and "=" not in previous:
+            attached[-1] = f"{previous}={token}"
+        else:
+            attached.append(token)
+    return attached
+
+
+def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
+    """The subcommand and its arguments; a usage error exits as argparse's do."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
+    # key=value overrides may follow options (argparse stops filling a positional list at the first option).
+    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _run_command(argv: list[str] | None) -> int:
     from vitlab.interrupts import interrupts_deferred, stopped_by_ctrl_c, take_interrupts
     from vitlab.launch import follow_launcher, launched_worker
@@ -930,13 +956,7 @@ def _run_command(argv: list[str] | None) -> int:
     take_interrupts()
     try:
         follow_launcher()
-        parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
-        # key=value overrides may follow options (argparse stops filling a positional list at the first option).
-        if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
-            args.overrides = [*args.overrides, *extra]
-        elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args = parse_command_line(argv)
         # A Ctrl-C inside torch's import can abort the process from native code: take it once torch is in.
         with interrupts_deferred():
             import torch  # noqa: F401
