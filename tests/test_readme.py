@@ -1,5 +1,6 @@
 """The README's commands against the command line they describe: its synopsis names every option each
-subcommand has and none it lacks, and every concrete command it shows parses, with its settings valid."""
+subcommand has and none it lacks, and every concrete command it shows parses, with its settings valid;
+and `--help`, the other place a user reads about them, says what every argument is."""
 
 import argparse
 import contextlib
@@ -119,3 +120,14 @@ def test_each_concrete_readme_command_parses_and_its_settings_resolve(argv):
         assert len(configs) == len(names) >= 2
     elif args.command == "info":
         assert cli.main(argv) == 0
+
+
+def test_every_argument_of_every_subcommand_says_what_it_is_in_help():
+    subcommands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [
+        (name, action.dest)
+        for name, parser in subcommands.choices.items()
+        for action in parser._actions
+        if not action.help
+    ]
+    assert silent == []

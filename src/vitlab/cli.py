@@ -788,6 +788,12 @@ def positive_int(text: str) -> int:
 RECIPE_HELP = "a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder (default: the data set's own)"
 
 
+MODEL_HELP = "a run folder (its best checkpoint, else its last) or a .safetensors checkpoint"
+IMAGES_HELP = "image files, or folders of them"
+DEVICE_HELP = "auto (CUDA when present), cpu or cuda; ONNX runs on the CPU"
+JSON_HELP = "print the result as one JSON object on stdout"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from vitlab.config import PRECISION_CHOICES
@@ -828,70 +834,75 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=cmd_train, resume=None)
 
     evaluate = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a checkpoint or ONNX file")
-    evaluate.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    evaluate.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help=f"{MODEL_HELP}, or an ONNX file")
     evaluate.add_argument("--dataset", help="data set (default: the one it was trained on)")
     evaluate.add_argument(
         "--data-dir", help="folder holding the data set's files (default: the one the run trained from, if still there)"
     )
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
         help="fp32, or bf16 autocast (default: as the run scored its epochs; bf16 where the device has it)",
     )
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help=JSON_HELP)
     evaluate.set_defaults(handler=cmd_eval)
 
     predict = sub.add_parser("predict", help="classify image files")
-    predict.add_argument("checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX")
-    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    predict.add_argument("--top-k", type=positive_int, default=3)
+    predict.add_argument("checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX", help=f"{MODEL_HELP}, or an ONNX file")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help=IMAGES_HELP)
+    predict.add_argument("--top-k", type=positive_int, default=3, help="how many classes to show (default: 3)")
     predict.add_argument(
         "--img-size", type=positive_int, help="run at another input size (a ViT's position table is resampled)"
     )
     predict.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
-    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda; ONNX runs on the CPU")
-    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--device", default="auto", help=DEVICE_HELP)
+    predict.add_argument("--json", action="store_true", help=JSON_HELP)
     predict.set_defaults(handler=cmd_predict)
 
     report = sub.add_parser("report", help="(re)build a run's report.md with figures")
-    report.add_argument("run_dir", metavar="RUN")
-    report.add_argument("--json", action="store_true")
+    report.add_argument("run_dir", metavar="RUN", help="a run folder")
+    report.add_argument("--json", action="store_true", help=JSON_HELP)
     report.set_defaults(handler=cmd_report)
 
     attention = sub.add_parser("attention", help="attention maps of images as PNG overlays")
-    attention.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    attention.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    attention.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help=MODEL_HELP)
+    attention.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help=IMAGES_HELP)
     attention.add_argument("--out", default="attention", help="folder for the PNG files (default: ./attention)")
     attention.add_argument("--layer", type=int, default=-1, help="layer whose heads are drawn (default: last)")
     attention.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
-    attention.add_argument("--json", action="store_true")
+    attention.add_argument("--json", action="store_true", help=JSON_HELP)
     attention.set_defaults(handler=cmd_attention)
 
     compare = sub.add_parser("compare", help="train several models under the same budget and compare them")
-    compare.add_argument("--dataset", default="mnist")
+    compare.add_argument("--dataset", default="mnist", help="data set name or an image folder (default: mnist)")
     compare.add_argument("--models", required=True, help="comma-separated presets, e.g. mnist-small,resnet-small")
     budget = compare.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", help="per model, e.g. 10m")
     budget.add_argument("--epochs", type=positive_int, help="per model")
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--seed", type=int, default=0, help="random seed of every model's run (default: 0)")
     compare.add_argument("--recipe", help=RECIPE_HELP)
     compare.add_argument("--out", help="folder for the runs and the table (default: runs/compare-<dataset>-<time>)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
-    compare.add_argument("--json", action="store_true")
+    compare.add_argument("--json", action="store_true", help=JSON_HELP)
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every model")
     compare.set_defaults(handler=cmd_compare)
 
     export = sub.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime) or TorchScript")
-    export.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help=MODEL_HELP)
+    export.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        default="onnx",
+        help="onnx (default, checked with onnxruntime) or torchscript",
+    )
     export.add_argument(
         "--fixed-batch", type=positive_int, metavar="N", help="an ONNX graph for batches of exactly N (default: any)"
     )
     # Old scripts pass --dynamic-batch; any batch is the default now.
     export.add_argument("--dynamic-batch", action="store_true", help=argparse.SUPPRESS)
     export.add_argument("--out", help="output file (default: beside the checkpoint)")
-    export.add_argument("--json", action="store_true")
+    export.add_argument("--json", action="store_true", help=JSON_HELP)
     export.set_defaults(handler=cmd_export)
 
     info = sub.add_parser("info", help="parameters and FLOPs of a preset or checkpoint")
@@ -903,12 +914,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--model", help="preset name (default: the default preset)")
     info.add_argument("--presets", action="store_true", help="list every preset with its size and FLOPs")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help=JSON_HELP)
     info.set_defaults(handler=cmd_info)
 
     cache = sub.add_parser("cache", help="list, or clear, the decoded image folders kept on disk")
     cache.add_argument("--clear", action="store_true", help="delete them (a run decodes its folder again)")
-    cache.add_argument("--json", action="store_true")
+    cache.add_argument("--json", action="store_true", help=JSON_HELP)
     cache.set_defaults(handler=cmd_cache)
     return parser
 
