@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from vitlab import cli
-from vitlab.recipes import resolve_compare_configs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
@@ -108,15 +107,7 @@ def test_each_concrete_readme_command_parses_and_its_settings_resolve(argv):
         config, _, _ = cli._new_run_config(args)
         assert config.train.epochs >= 1
     elif args.command == "compare":
-        names, configs, _ = resolve_compare_configs(
-            args.models,
-            dataset=args.dataset,
-            recipe=args.recipe,
-            epochs=args.epochs,
-            time_budget=args.time_budget,
-            seed=args.seed,
-            overrides=args.overrides,
-        )
+        names, configs, _ = cli.compare_run_configs(args)
         assert len(configs) == len(names) >= 2
     elif args.command == "info":
         assert cli.main(argv) == 0

@@ -609,15 +609,11 @@ def _with_recipe(recipe: str | None) -> str:
 
 
 # ----- compare ----------------------------------------------------------------------------------
-def cmd_compare(args: argparse.Namespace) -> int:
-    from vitlab.engine.compare import continues_run, run_contender
-    from vitlab.engine.train import check_new_run_dir
-    from vitlab.interrupts import stopped_by_ctrl_c
+def compare_run_configs(args: argparse.Namespace) -> tuple[list[str], list[RunConfig], str | None]:
+    """The presets of a `compare` command, their resolved configs and the shipped recipe they share."""
     from vitlab.recipes import resolve_compare_configs
-    from vitlab.report.compare import write_comparison
-    from vitlab.report.run_report import build_report
 
-    names, configs, recipe = resolve_compare_configs(
+    return resolve_compare_configs(
         args.models,
         dataset=args.dataset,
         recipe=args.recipe,
@@ -626,6 +622,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seed=args.seed,
         overrides=args.overrides,
     )
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vitlab.engine.compare import continues_run, run_contender
+    from vitlab.engine.train import check_new_run_dir
+    from vitlab.interrupts import stopped_by_ctrl_c
+    from vitlab.report.compare import write_comparison
+    from vitlab.report.run_report import build_report
+
+    names, configs, recipe = compare_run_configs(args)
     label = Path(configs[0].data.dataset).name
     out = Path(args.out) if args.out else Path("runs") / time.strftime(f"compare-{label}-%Y%m%d-%H%M%S")
     run_dirs = [out / name.replace("/", "-") for name in names]
