@@ -94,6 +94,19 @@ def test_python_api_predicts_from_paths_pil_numpy_and_tensors(tmp_path, checkpoi
         torch.testing.assert_close(classifier.predict_proba(same), from_file)
 
 
+def test_a_loaded_classifier_shows_what_it_holds(checkpoint, monkeypatch):
+    path, model = checkpoint
+    expected = f"Classifier({str(path)!r}: ViT, 1x28x28 input, 10 classes (a, b, c, d, e, f, g, h, i, j), on cpu)"
+    assert repr(vitlab.load(path, device="cpu")) == expected
+    monkeypatch.setattr("vitlab.api.REPR_CLASSES", 3)
+    onnx_path = path.with_suffix(".onnx")
+    export_onnx(model, INFO, onnx_path)
+    assert (
+        repr(vitlab.load(onnx_path))
+        == f"Classifier({str(onnx_path)!r}: ONNX, 1x28x28 input, 10 classes (a, b, c, ...), on cpu)"
+    )
+
+
 def test_python_api_splits_stacked_batches_into_images(checkpoint, monkeypatch):
     path, _ = checkpoint
     classifier = vitlab.load(path)

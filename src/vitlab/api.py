@@ -26,6 +26,7 @@ ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 PREDICT_CHUNK = 256  # images per forward pass in predict_proba
 # Channels a single image's array may have: grey, grey + alpha (np.asarray of an "LA" PNG), RGB, RGBA.
 IMAGE_CHANNELS = (1, 2, 3, 4)
+REPR_CLASSES = 10  # class names a Classifier's repr shows before "..."
 
 
 @dataclass
@@ -78,11 +79,12 @@ class Classifier:
                 )
             self._model = None
         else:
-            from vitlab.engine.checkpoint import load_checkpoint
+            from vitlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
             from vitlab.engine.runtime import reuse_freed_memory
 
             self.device = resolve_device(device, "device")  # one that is not there fails before the weights load
             reuse_freed_memory()  # batched prediction reallocates the same activations every call
+            path = resolve_checkpoint(path)
             self._model, self.metadata = load_checkpoint(path)
             if img_size and img_size != self._model.config.img_size:
                 self._model = at_image_size(self._model, img_size)
@@ -93,6 +95,15 @@ class Classifier:
         self.std = self.metadata.get("std") or [0.5] * self.channels
         count = len(self.metadata.get("class_names") or []) or (self._model.config.num_classes if self._model else 0)
         self.classes: list[str] = list(self.metadata.get("class_names") or [str(i) for i in range(count)])
+        self.source = path
+
+    def __repr__(self) -> str:
+        kind = "ONNX" if self._onnx else type(self._model).__name__
+        shown = ", ".join(self.classes[:REPR_CLASSES]) + (", ..." if len(self.classes) > REPR_CLASSES else "")
+        return (
+            f"Classifier({str(self.source)!r}: {kind}, {self.channels}x{self.img_size}x{self.img_size} input, "
+            f"{len(self.classes)} classes ({shown}), on {self.device})"
+        )
 
     def read_files(self, paths: Sequence[str | Path]) -> list[torch.Tensor]:
         """Image files as uint8 (channels, size, size), every one read before any is returned (the first that
