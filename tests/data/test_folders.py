@@ -115,6 +115,12 @@ def test_folder_errors_name_the_problem(tmp_path):
     alone = make_folder(tmp_path / "alone", classes=("cat",))
     with pytest.raises(DataError, match=r"has one class folder \(cat\); a classifier needs two or more"):
         open_dataset(DataConfig(dataset=str(alone)), 3, 16)
+    # A file where the folder should be: "not found" would send the user looking for a path that is there.
+    shutil.make_archive(str(tmp_path / "packed"), "gztar", root)
+    with pytest.raises(DataError, match=r"packed.tar.gz is a file, not a folder .*\(an archive: unpack it"):
+        open_dataset(DataConfig(dataset=str(tmp_path / "packed.tar.gz")), 3, 16)
+    with pytest.raises(DataError, match=r"0.jpg is a file, not a folder of class folders$"):
+        open_dataset(DataConfig(dataset=str(root / "cat" / "0.jpg")), 3, 16)
 
 
 def test_a_split_with_no_readable_image_is_an_error_that_says_so(tmp_path):

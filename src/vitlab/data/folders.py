@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from vitlab.interrupts import remove_left_by_ended_processes
 from vitlab.terminal import counting_bar
 
 TEST_FOLDER_NAMES = ("test", "val")
+# Archives people pass for the folder they hold (the CIFAR-10 JPEG copy ships as a .tar.gz).
+ARCHIVE_SUFFIXES = re.compile(r"\.(zip|tar|tgz|tar\.(gz|bz2|xz|zst)|7z|rar)$", re.IGNORECASE)
 TEMPORARY_ENTRY = ".tmp"  # in the name of a cache entry still being written (followed by the writer's pid)
 
 
@@ -65,6 +68,9 @@ def same_folder(first: str, second: str) -> bool:
 
 def class_folders(root: Path) -> list[Path]:
     """The class sub-folders of a split folder, sorted by name; errors if there are none."""
+    if root.is_file():
+        unpack = " (an archive: unpack it and pass the folder)" if ARCHIVE_SUFFIXES.search(root.name) else ""
+        raise DataError(f"{root} is a file, not a folder of class folders{unpack}")
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
