@@ -180,6 +180,12 @@ def test_eval_holds_out_the_images_a_folder_run_held_out(tmp_path, monkeypatch, 
     assert f"vitlab: note: {folder} has changed since the model trained on it" in changed
     resumed = vitlab("train", "--resume", run_dir, "--epochs", 3, "--quiet", env=env)
     assert f"vitlab: note: {folder} has changed since this run began" in resumed.stderr
+    vitlab("report", run_dir, env=env)
+    fingerprint = json.loads((run_dir / "run.json").read_text())["folder_state"]
+    assert (
+        f"| image folder fingerprint (changes when its files do) | {fingerprint} |"
+        in (run_dir / "report.md").read_text()
+    )
     (folder / "b" / "notes.txt").write_text("not an image: left out of the score, and said so")
     noted = vitlab("eval", run_dir, env=env).stderr
     assert (

@@ -26,7 +26,7 @@ def test_the_report_counts_the_epochs_trained_not_the_ones_scored(tmp_path):
     assert re.search(r"on mnist, 3 of 3 epochs, \d+ s of training", _report_line(tmp_path / "every2"))
     report = (tmp_path / "every2" / "report.md").read_text()
     assert "| train images | 256 |" in report and "| threads |" in report  # the run's facts from run.json
-    assert "| folder state |" not in report  # one a data set that is not a folder lacks: no empty row
+    assert "| image folder fingerprint" not in report  # one a data set that is not a folder lacks: no empty row
 
 
 def test_a_budgeted_run_reports_its_epochs_and_budget_not_the_ignored_epoch_count(tmp_path):

@@ -76,6 +76,10 @@ def attention_figures(
     return paths
 
 
+# run.json keys whose names alone do not say what their values are
+FACT_LABELS = {"folder_state": "image folder fingerprint (changes when its files do)"}
+
+
 def run_facts(run_dir: Path) -> dict:
     """run.json's figures (images, steps per epoch, device...), or {} for a run written before it existed."""
     path = run_dir / "run.json"
@@ -180,7 +184,7 @@ def build_report(run_dir: str | Path) -> Path:
         *([f"| top-5 accuracy | {scores.top5_accuracy:.2%} |"] if scores.top5_accuracy is not None else []),
         f"| training speed (last epoch) | {history[-1]['images_per_second']:,.0f} images/s |",
         *[
-            f"| {key.replace('_', ' ')} | {f'{value:,}' if isinstance(value, int) else value} |"
+            f"| {FACT_LABELS.get(key, key.replace('_', ' '))} | {f'{value:,}' if isinstance(value, int) else value} |"
             for key, value in facts.items()
             if value not in ("", None)  # a data set that is not a folder has no folder state
         ],
