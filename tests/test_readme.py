@@ -33,9 +33,12 @@ def synopsis() -> dict[str, set[str]]:
     return options
 
 
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def parser_options() -> dict[str, set[str]]:
     """Each subcommand's long options, less --help and the hidden ones."""
-    subcommands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {
         name: {
             option
@@ -44,7 +47,7 @@ def parser_options() -> dict[str, set[str]]:
             for option in action.option_strings
             if option.startswith("--") and option != "--help"
         }
-        for name, parser in subcommands.choices.items()
+        for name, parser in subcommand_parsers().items()
     }
 
 
@@ -114,10 +117,9 @@ def test_each_concrete_readme_command_parses_and_its_settings_resolve(argv):
 
 
 def test_every_argument_of_every_subcommand_says_what_it_is_in_help():
-    subcommands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     silent = [
         (name, action.dest)
-        for name, parser in subcommands.choices.items()
+        for name, parser in subcommand_parsers().items()
         for action in parser._actions
         if not action.help
     ]
