@@ -199,6 +199,9 @@ def test_a_vit_runs_at_another_image_size_with_a_resampled_position_table(tmp_pa
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(1))
     # The rest of the weights are untouched.
     torch.testing.assert_close(big._model.blocks[0].attn.qkv.weight.cpu(), model.blocks[0].attn.qkv.weight)
+    # A size off the patch grid names the sizes that fit, not model.pad_to_patch, a setting of training runs.
+    with pytest.raises(ConfigError, match=r"7x7 patches, so its input size must be a multiple of 7: 35 or 42, not 40$"):
+        vitlab.load(path, img_size=40)
 
 
 def test_many_files_are_read_in_order_and_an_unreadable_one_stops_them_all_or_is_left_out(tmp_path, checkpoint):
