@@ -228,9 +228,8 @@ def at_image_size(model: torch.nn.Module, img_size: int) -> torch.nn.Module:
     patch = config.patch_size
     if config.arch == "vit" and img_size % patch and not config.pad_to_patch:
         # validate() would suggest model.pad_to_patch, a setting of training, not of this model
-        sizes = " or ".join(
-            str(size) for size in (img_size // patch * patch, img_size // patch * patch + patch) if size
-        )
+        below = img_size // patch * patch
+        sizes = " or ".join(str(size) for size in (below, below + patch) if size)
         raise ConfigError(
             f"this model cuts images into {patch}x{patch} patches, so its input size must be a multiple "
             f"of {patch}: {sizes}, not {img_size}"

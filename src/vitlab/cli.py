@@ -795,6 +795,7 @@ RECIPE_HELP = "a shipped recipe: mnist, fashion-mnist, cifar10, cifar100, folder
 
 
 MODEL_HELP = "a run folder (its best checkpoint, else its last) or a .safetensors checkpoint"
+MODEL_OR_ONNX_HELP = f"{MODEL_HELP}, or an ONNX file"
 IMAGES_HELP = "image files, or folders of them"
 DEVICE_HELP = "auto (CUDA when present), cpu or cuda; ONNX runs on the CPU"
 JSON_HELP = "print the result as one JSON object on stdout"
@@ -840,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=cmd_train, resume=None)
 
     evaluate = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a checkpoint or ONNX file")
-    evaluate.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help=f"{MODEL_HELP}, or an ONNX file")
+    evaluate.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help=MODEL_OR_ONNX_HELP)
     evaluate.add_argument("--dataset", help="data set (default: the one it was trained on)")
     evaluate.add_argument(
         "--data-dir", help="folder holding the data set's files (default: the one the run trained from, if still there)"
@@ -855,7 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_eval)
 
     predict = sub.add_parser("predict", help="classify image files")
-    predict.add_argument("checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX", help=f"{MODEL_HELP}, or an ONNX file")
+    predict.add_argument("checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX", help=MODEL_OR_ONNX_HELP)
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help=IMAGES_HELP)
     predict.add_argument("--top-k", type=positive_int, default=3, help="how many classes to show (default: 3)")
     predict.add_argument(
