@@ -37,8 +37,12 @@ def cpuinfo_field(name: str) -> str | None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
-    return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+    """The CPU's model name from /proc/cpuinfo (or the platform's processor string), with its family and
+    model numbers where Linux lists them: a cloud CPU's name ('AMD EPYC') hides its generation, and with
+    it the peak (a bf16 product at about 410 GFLOP/s on one 2-core AMD EPYC here, 700 on a family-26 one)."""
+    name = cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
+    return f"{name} family {family} model {model}" if family and model else name
 
 
 def bf16_units() -> str:

@@ -169,6 +169,16 @@ def test_median_and_quartiles_of_paired_ratios():
     assert common.median_and_quartiles([1.25]) == (1.25, 1.25, 1.25)
 
 
+def test_the_machine_line_names_the_cpus_family_and_model_where_linux_lists_them(monkeypatch):
+    # Two AMD EPYCs of one name ran bf16 products at 410 and 700 GFLOP/s: the numbers tell them apart.
+    common = benchmark_module("common")
+    cpuinfo = {"model name": "AMD EPYC", "cpu family": "26", "model": "2"}
+    monkeypatch.setattr(common, "cpuinfo_field", cpuinfo.get)
+    assert common.cpu_model() == "AMD EPYC family 26 model 2"
+    del cpuinfo["cpu family"]
+    assert common.cpu_model() == "AMD EPYC"
+
+
 def test_record_writes_a_whole_report_and_a_smoke_run_leaves_the_recorded_one(tmp_path, monkeypatch, capsys):
     common = benchmark_module("common")
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")

@@ -68,6 +68,42 @@ def test_attention_weights_are_a_softmax_over_keys():
     torch.testing.assert_close(out, weights @ v)
 
 
+def test_compiled_explicit_attention_takes_keys_major_scores_with_the_same_values_and_gradients(monkeypatch):
+    # Under torch.compile on CPU the scores are laid out (batch, heads, keys, queries) and the softmax
+    # runs over keys in dimension -2 (inductor vectorises it across queries). A recording backend runs
+    # the traced graph as it is, so its values and gradients can be checked against the eager path.
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    def softmax_dims(graph_module):
+        return [node.kwargs["dim"] for node in graph_module.graph.nodes if node.target == "softmax"]
+
+    torch._dynamo.reset()
+    compiled_attend = torch.compile(
+        lambda q, k, v: attend(q, k, v, kernel="manual", need_weights=True), backend=record, fullgraph=True
+    )
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out, weights = compiled_attend(q, k, v)
+    assert softmax_dims(graphs[0]) == [-2]
+    expected_out, expected_weights = attend(q, k, v, kernel="manual", need_weights=True)
+    torch.testing.assert_close(weights, expected_weights, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(out)
+    gradients = torch.autograd.grad(out, (q, k, v), upstream)
+    expected_gradients = torch.autograd.grad(expected_out, (q, k, v), upstream)
+    for gradient, expected in zip(gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-12)
+    # The switch benchmarks/compiled_attention.py times the row layout with: a new graph, in rows.
+    monkeypatch.setattr(vit_module, "COMPILED_CPU_KEYS_MAJOR_SCORES", False)
+    compiled_attend(q, k, v)
+    assert len(graphs) == 2 and softmax_dims(graphs[1]) == [-1]
+    torch._dynamo.reset()
+
+
 def _bf16_attention_with_fp32_softmax(q, k, v):
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     return scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v

@@ -27,6 +27,9 @@ FUSED_CPU_MIN_KEYS_X_HEAD_DIM = 4096
 # bf16 batches without autograd on a CPU without AMX take the explicit path while its scores (batch x heads x
 # queries x keys) stay within this many, 2.25x ViT-S/16's at batch 256; past it the fused kernel bounds memory.
 EXPLICIT_BF16_MAX_SCORES = 1 << 27
+# Under torch.compile on CPU the explicit attention lays its scores out keys-major (attend);
+# benchmarks/compiled_attention.py turns this off to time the row layout against it.
+COMPILED_CPU_KEYS_MAJOR_SCORES = True
 
 
 def attend(
@@ -47,8 +50,17 @@ def attend(
     fused = kernel == "sdpa" or (kernel == "auto" and fused_kernel_pays(q, k, v))
     if fused and not need_weights:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    weights = softmax_rows(scores)
+    scaled_q = q * q.shape[-1] ** -0.5
+    if COMPILED_CPU_KEYS_MAJOR_SCORES and q.device.type == "cpu" and torch.compiler.is_compiling():
+        # Scores laid out keys-major, (batch, heads, keys, queries): inductor's softmax then runs across
+        # queries in its vector lanes, where each short row of keys would be reduced inside one vector
+        # (17 keys: a 16-lane vector and a masked one). Compiled bf16 training steps ran 1.07-1.08x as
+        # fast on the MNIST model, 1.04-1.05x on width 192 and 0.97-1.01x on ViT-S/16
+        # (benchmarks/compiled_attention.py, a 2-core AMD EPYC). Eager PyTorch's softmax over the middle
+        # dimension gained nothing there (1.00x), so eager keeps rows.
+        weights = (k @ scaled_q.transpose(-2, -1)).softmax(dim=-2).transpose(-2, -1)
+    else:
+        weights = softmax_rows(scaled_q @ k.transpose(-2, -1))
     mixed = F.dropout(weights, dropout_p) if dropout_p else weights
     return mixed @ v, (weights if need_weights else None)
 
