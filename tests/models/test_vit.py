@@ -1,5 +1,6 @@
 import itertools
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -380,6 +381,18 @@ def test_cpu_has_amx_agrees_with_the_cpu_flags_linux_lists():
     assert isinstance(has_amx, bool)
     if cpuinfo.exists():
         assert has_amx == ("amx_tile" in cpuinfo.read_text().split())
+
+
+def test_torch_compile_traces_bf16_inference_without_warnings():
+    # The bf16 inference rule asks cpu_has_amx; torch.compile warned about tracing a cached function there.
+    model = ViT(tiny_config()).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("always")
+        compiled(torch.randn(4, 1, 28, 28))
+    torch._dynamo.reset()
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_predict_proba_is_a_distribution():

@@ -7,7 +7,6 @@ including each layer's attention weights, so explanations need no hooks.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -108,7 +107,9 @@ def fused_kernel_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool
     return keys >= FUSED_CPU_MIN_KEYS or keys * head_dim >= FUSED_CPU_MIN_KEYS_X_HEAD_DIM
 
 
-@functools.cache
+# Not cached: the probe takes 80 ns, and torch.compile warns about tracing through a cache; it
+# takes this answer as a constant instead.
+@torch.compiler.assume_constant_result
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles, which multiply bf16 matrices (Intel Xeon from Sapphire Rapids on)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
