@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 
@@ -100,3 +101,23 @@ def test_every_size_also_keeps_blocks_above_the_largest_mmap_threshold():
     )
     assert thresholds > 10 * 2 * 10_000  # both 48 MB blocks of each step were mapped afresh: 12,288 pages each
     assert every_size < thresholds / 10
+
+
+def test_compiling_drops_dynamos_note_on_ddps_profiler_label_and_nothing_else():
+    # Under --nproc, torch.compile traces DistributedDataParallel's forward and logs, in every process,
+    # that its profiler label is ignored; other warnings of that logger still show. (torch's loggers do
+    # not propagate to the root logger, so the records are collected at the logger itself.)
+    logger = logging.getLogger(runtime.DYNAMO_CONTEXT_LOGGER)
+    runtime.compiled(torch.nn.Linear(2, 2), torch.device("cuda"))  # no C++ compiler check off the CPU
+    runtime.compiled(torch.nn.Linear(2, 2), torch.device("cuda"))
+    assert logger.filters.count(runtime.without_ignored_profiler_label_notes) == 1
+    shown = []
+    collector = logging.Handler()
+    collector.emit = lambda record: shown.append(record.getMessage())
+    logger.addHandler(collector)
+    try:
+        logger.warning("Profiler record function %s will be ignored", "<class 'record_function'>")
+        logger.warning("Some other dynamo warning")
+    finally:
+        logger.removeHandler(collector)
+    assert shown == ["Some other dynamo warning"]

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import logging
 import shutil
 from collections.abc import Iterator
 
@@ -105,6 +106,17 @@ def configure_cpu(threads: int = 0, share_with: int = 1) -> int:
     return count
 
 
+# torch.compile logs this of DistributedDataParallel's profiler label, once per process (`--nproc N`):
+# a note about profiling inside the compiled graph that tells a user training nothing.
+DYNAMO_CONTEXT_LOGGER = "torch._dynamo.variables.ctx_manager"
+IGNORED_PROFILER_LABEL = "Profiler record function"
+
+
+def without_ignored_profiler_label_notes(record: logging.LogRecord) -> bool:
+    """A logging filter that passes every record except dynamo's note that a profiler label is ignored."""
+    return not record.getMessage().startswith(IGNORED_PROFILER_LABEL)
+
+
 def compiled(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The module through torch.compile (inductor), which turns its element-wise work into fused kernels.
 
@@ -112,6 +124,9 @@ def compiled(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """
     if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
         raise ConfigError("train.compile on CPU needs a C++ compiler (c++ or g++ on PATH); install one or leave it off")
+    dynamo_context_log = logging.getLogger(DYNAMO_CONTEXT_LOGGER)
+    if without_ignored_profiler_label_notes not in dynamo_context_log.filters:
+        dynamo_context_log.addFilter(without_ignored_profiler_label_notes)
     return torch.compile(module)
 
 
