@@ -66,7 +66,7 @@ def _default_run_dir(label: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vitlab.engine.distributed import init_process_group, shutdown, world_from_environment
+    from vitlab.engine.distributed import end_process, init_process_group, shutdown, world_from_environment
     from vitlab.engine.runtime import precision_name, resolve_device
     from vitlab.engine.train import start_new_run, trainer_for_resume
     from vitlab.interrupts import stopped_by_ctrl_c
@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     shutdown(world)
     if not world.is_main:
-        return 0
+        return end_process(world)
     report_path = None
     if not args.no_report:
         from vitlab.report.run_report import build_report
@@ -140,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"test accuracy {result.final.accuracy:.2%} (best {result.best_accuracy:.2%}), "
             f"{result.seconds:.0f}s of training; checkpoints in {run_dir / 'checkpoints'}"
         )
-    return 0
+    return end_process(world)
 
 
 def fraction_trained(trainer: Trainer) -> float:

@@ -28,7 +28,7 @@ def join_gloo_group(rank: int, world_size: int, port: int):
 
 
 def run(rank: int, world_size: int, port: int, run_dir: str, overrides: list[str]) -> None:
-    from vitlab.engine.distributed import barrier, shutdown
+    from vitlab.engine.distributed import barrier, end_process, shutdown
     from vitlab.engine.train import Trainer, prepare_run_dir
     from vitlab.recipes import resolve_run_config
 
@@ -41,6 +41,7 @@ def run(rank: int, world_size: int, port: int, run_dir: str, overrides: list[str
     trainer.run()
     save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, f"{run_dir}/rank{rank}.safetensors")
     shutdown(world)
+    end_process(world)
 
 
 if __name__ == "__main__":

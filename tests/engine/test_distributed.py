@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vitlab.engine import distributed
 from vitlab.engine.checkpoint import load_checkpoint
 from vitlab.engine.distributed import World, check_a_gpu_each, gather_rows, init_process_group, shard, shard_range
 from vitlab.engine.train import Trainer, prepare_run_dir, trainer_for_resume
@@ -162,3 +163,24 @@ def test_gpu_processes_can_also_sum_numbers_on_the_cpu(monkeypatch):
     init_process_group(World(rank=1, size=2, local_rank=1), "cuda")
     init_process_group(World(rank=1, size=2, local_rank=1), "cpu")
     assert joined == [1, "cpu:gloo,cuda:nccl", "gloo"]
+
+
+def test_a_distributed_process_ends_at_once_after_flushing_its_output(monkeypatch, capsys):
+    # Python's teardown of a DDP process could deadlock in gloo's destructor (end_process); a
+    # process of a distributed run skips it, a single process returns as usual.
+    ended: list[int] = []
+
+    class Ended(Exception):
+        pass
+
+    def fake_exit(status: int) -> None:
+        ended.append(status)
+        raise Ended
+
+    monkeypatch.setattr(distributed.os, "_exit", fake_exit)
+    assert distributed.end_process(World(), 3) == 3 and ended == []
+    print("the run's last line", end="")
+    with pytest.raises(Ended):
+        distributed.end_process(World(rank=1, size=2), 0)
+    assert ended == [0]
+    assert capsys.readouterr().out == "the run's last line"
