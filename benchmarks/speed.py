@@ -626,7 +626,7 @@ def cpu_step_benchmark_main(
     write_report: Callable[[list[dict], bool], None],
 ) -> int:
     """The command line of the CPU training-step benchmarks built on this module (step_costs.py,
-    step_breakdown.py): --configs, among `repeats`' keys, and --quick (one round of one step, recording
+    step_breakdown.py, step_ablation.py): --configs, among `repeats`' keys, and --quick (one round of one step, recording
     nothing); each configuration measured by bench_config(name, rounds, steps), then the report written."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--configs", default=default_configs)

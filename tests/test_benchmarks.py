@@ -246,6 +246,43 @@ def test_step_costs_fits_a_fixed_and_a_per_image_cost_and_says_what_the_target_n
     assert "1.5x hf-eager's speed (the paired ratio's median) allows a step of" in report
 
 
+def test_step_ablation_takes_out_gelu_and_softmax_only_while_asked_and_reports_each_variant(monkeypatch, capsys):
+    import torch
+    import torch.nn.functional as F
+
+    step_ablation = benchmark_module("step_ablation")
+    vit = step_ablation.vit
+    x = torch.linspace(-3, 3, 7)
+    with step_ablation.without(("gelu",)):
+        assert torch.equal(vit.F.gelu(x), x) and torch.equal(vit.F.relu(x), F.relu(x))
+        assert vit.softmax_rows(x) is not x
+    with step_ablation.without(("softmax",)):
+        assert vit.softmax_rows(x) is x and not torch.equal(vit.F.gelu(x), x)
+    assert not torch.equal(vit.F.gelu(x), x) and vit.softmax_rows(x) is not x  # restored on leaving
+
+    # A smoke run on a tiny model: every variant and the peer are timed, their weights stay finite, and the
+    # report, which a quick run does not record, has a row per variant.
+    use_a_tiny_mnist_config(monkeypatch)
+    result = step_ablation.bench_config("mnist", rounds=1, steps=1)
+    assert list(result["variants"]) == [*step_ablation.VARIANTS, step_ablation.PEER]
+    assert all(figures["step_ms"] > 0 for figures in result["variants"].values())
+    assert result["variants"]["vitlab"]["vs_vitlab"] == (1.0, 1.0, 1.0)
+    capsys.readouterr()
+    step_ablation.write_report([result], quick=True)
+    report = capsys.readouterr().out
+    row = r"^\| vitlab without GELU and softmax \| [\d.]+ \| [\d.]+x \([\d.]+-[\d.]+\) \| -?\d+% \| [\d.]+x \([\d.]+-[\d.]+\) \|$"
+    assert re.search(row, report, re.MULTILINE)
+
+    # A removal that no longer reaches the model (its attention computing weights another way) stops the run
+    # rather than timing the unchanged step under the variant's name.
+    config, _ = step_ablation.speed.CONFIGS["mnist"]
+    model = step_ablation.speed.vitlab_model(config)
+    step_ablation.check_removal(model, config, ("gelu", "softmax"))
+    monkeypatch.setattr(vit, "attend", lambda q, k, v, **_: (F.scaled_dot_product_attention(q, k, v), None))
+    with pytest.raises(SystemExit, match="removing softmax left vitlab's features unchanged"):
+        step_ablation.check_removal(model, config, ("softmax",))
+
+
 def test_step_breakdown_sorts_each_operator_into_its_kind_and_accounts_for_the_whole_step(monkeypatch, capsys):
     step_breakdown = benchmark_module("step_breakdown")
     kind_of = step_breakdown.kind_of
