@@ -66,6 +66,18 @@ def machine_line(gpu: bool = False) -> str:
     return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {host}" if gpu else host
 
 
+def report_head(title: str, script: str) -> list[str]:
+    """A results file's first lines: its title, then the command that wrote it (benchmarks/SCRIPT with this
+    run's arguments), the machine with the threads PyTorch uses, and the date."""
+    return [
+        f"# {title}",
+        "",
+        f"- Command: `{' '.join(['python', f'benchmarks/{script}', *sys.argv[1:]])}`",
+        f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
+        f"- Date: {today()}",
+    ]
+
+
 def peak_rss_mb(pid: int | str = "self") -> float:
     """A process's peak resident memory in MB, from VmHWM (ru_maxrss would include a fork parent's); this
     process's by default. 0 once the process has exited."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 import speed
-from common import machine_line, median_and_quartiles, ratio_with_quartiles, record, today
+from common import median_and_quartiles, ratio_with_quartiles, record, report_head
 from vitlab.engine.runtime import reuse_freed_memory
 from vitlab.models import vit
 
@@ -91,11 +91,7 @@ def main() -> int:
     precision = "fp32" if speed.DTYPE is None else "bf16 autocast"
     report = "\n".join(
         [
-            "# Compiled attention layout: keys-major scores against rows",
-            "",
-            f"- Command: `{' '.join(['python benchmarks/compiled_attention.py', *sys.argv[1:]])}`",
-            f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
-            f"- Date: {today()}",
+            *report_head("Compiled attention layout: keys-major scores against rows", "compiled_attention.py"),
             f"- Compiled training steps (torch.compile, inductor) in {precision}, speed.py's models and batches;"
             " the two layouts' steps in turn, the speed-up paired step by step: median (quartiles).",
             "",

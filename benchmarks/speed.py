@@ -618,6 +618,17 @@ def main() -> int:
     return 0
 
 
+def step_setup(own_batch_sizes: bool = True) -> str:
+    """How the training-step benchmarks built on this module (step_costs.py, step_breakdown.py,
+    step_ablation.py) take a step, for their results files: as train_step_fn does, at CONFIGS' batch sizes
+    unless the benchmark sets its own."""
+    batches = ", speed.py's batch sizes" if own_batch_sizes else ""
+    return (
+        f"Training step as in speed.py (autocast {DTYPE}, fused AdamW, a ready batch{batches}; "
+        "freed memory kept for reuse as vitlab's commands do)"
+    )
+
+
 def cpu_step_benchmark_main(
     description: str,
     default_configs: str,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import sys
 from collections.abc import Callable
 from unittest import mock
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import speed
-from common import machine_line, median_and_quartiles, ratio_with_quartiles, record, today
+from common import median_and_quartiles, ratio_with_quartiles, record, report_head
 from vitlab.models import vit
 
 # Rounds (every variant in turn in each) and steps per turn.
@@ -119,13 +118,10 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
 
 def write_report(results: list[dict], quick: bool) -> None:
     lines = [
-        "# Step ablation: a training step's GELU and softmax, measured by taking them out",
-        "",
-        f"- Command: `{' '.join(['python', 'benchmarks/step_ablation.py', *sys.argv[1:]])}`",
-        f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
-        f"- Date: {today()}",
-        f"- Training step as in speed.py (autocast {speed.DTYPE}, fused AdamW, a ready batch, speed.py's batch sizes; "
-        "freed memory kept for reuse as vitlab's commands do). A variant replaces the named work by the identity: "
+        *report_head(
+            "Step ablation: a training step's GELU and softmax, measured by taking them out", "step_ablation.py"
+        ),
+        f"- {speed.step_setup()}. A variant replaces the named work by the identity: "
         "the MLPs' GELU; the attention's softmax together with the fp32 casts around it on short rows "
         "(vit.softmax_rows); every product and other operation stays. Variants and Hugging Face take their steps in "
         "turn; speed figures are the step time of vitlab as it is (or of "

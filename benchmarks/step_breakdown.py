@@ -22,14 +22,13 @@ as an operator of its own.
 from __future__ import annotations
 
 import statistics
-import sys
 from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import speed
-from common import machine_line, median_and_quartiles, ratio_with_quartiles, record, today
+from common import median_and_quartiles, ratio_with_quartiles, record, report_head
 
 CONTENDERS = ("vitlab", "vitlab-compiled", "hf-eager")
 PEER = "hf-eager"
@@ -219,13 +218,10 @@ def write_report(results: list[dict], quick: bool) -> None:
         f"{kind}: {', '.join(sorted(n.removeprefix('aten::') for n in names))}" for kind, names in KINDS.items()
     )
     lines = [
-        "# Step breakdown: where a training step's time goes, vitlab against Hugging Face",
-        "",
-        f"- Command: `{' '.join(['python', 'benchmarks/step_breakdown.py', *sys.argv[1:]])}`",
-        f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
-        f"- Date: {today()}",
-        f"- Training step as in speed.py (autocast {speed.DTYPE}, fused AdamW, a ready batch, speed.py's batch sizes; "
-        "freed memory kept for reuse as vitlab's commands do). Each operator's self time (torch.profiler, children "
+        *report_head(
+            "Step breakdown: where a training step's time goes, vitlab against Hugging Face", "step_breakdown.py"
+        ),
+        f"- {speed.step_setup()}. Each operator's self time (torch.profiler, children "
         "excluded) counts for one kind of work, and the untraced row is the rest of the profiled steps' wall time; "
         "shares are of the profiled step, which the profiler's own bookkeeping makes longer than the unprofiled "
         "one (last row). In each round every contender's steps are timed unprofiled, then profiled, one step of "

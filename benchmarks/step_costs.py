@@ -19,13 +19,12 @@ drifts between rounds), medians and quartiles over the rounds.
 from __future__ import annotations
 
 import statistics
-import sys
 from collections.abc import Callable
 
 import torch
 
 import speed
-from common import machine_line, median_and_quartiles, ratio_with_quartiles, record, today
+from common import median_and_quartiles, ratio_with_quartiles, record, report_head
 
 BATCHES = {"mnist": (16, 32, 64, 128, 256, 512), "w192": (8, 16, 32, 64, 128)}
 # Rounds (every batch size and contender in turn in each) and steps per turn.
@@ -128,13 +127,10 @@ def needed_for_target(result: dict, batch: int) -> str:
 
 def write_report(results: list[dict], quick: bool) -> None:
     lines = [
-        "# Step costs: a training step's fixed and per-image parts, vitlab against Hugging Face",
-        "",
-        f"- Command: `{' '.join(['python', 'benchmarks/step_costs.py', *sys.argv[1:]])}`",
-        f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
-        f"- Date: {today()}",
-        f"- Training step as in speed.py (autocast {speed.DTYPE}, fused AdamW, a ready batch; freed memory kept for reuse "
-        "as vitlab's commands do); in each round every batch size in turn, its contenders' steps next to each other; "
+        *report_head(
+            "Step costs: a training step's fixed and per-image parts, vitlab against Hugging Face", "step_costs.py"
+        ),
+        f"- {speed.step_setup(own_batch_sizes=False)}; in each round every batch size in turn, its contenders' steps next to each other; "
         "step times are medians over the rounds, each line fitted to them by least squares over the batch sizes. "
         "vitlab-compiled: one static torch.compile graph per batch size.",
         "",
