@@ -398,6 +398,16 @@ def alternating_steps(fns: dict, turns: int, calls_per_turn: int = 1) -> dict:
     return times
 
 
+def alternating_turn_medians(fns: dict, turns: int, calls_per_turn: int = 1) -> dict:
+    """alternating_steps' calls reduced to the median of each turn's: one figure per function and turn, for
+    ratios paired turn by turn (this machine's speed drifts between turns; one turn's calls run close together)."""
+    times = alternating_steps(fns, turns, calls_per_turn)
+    return {
+        c: [statistics.median(seconds[t * calls_per_turn : (t + 1) * calls_per_turn]) for t in range(turns)]
+        for c, seconds in times.items()
+    }
+
+
 def peak_product_fn(dtype: torch.dtype, size: int | None = None) -> tuple[Callable[[], None], int]:
     """One large square matrix product (warmed up), and its FLOPs: the machine's practical limit."""
     size = size or (8192 if DEVICE.type == "cuda" else 2048)
@@ -618,11 +628,11 @@ def main() -> int:
     return 0
 
 
-def step_setup(own_batch_sizes: bool = True) -> str:
+def step_setup(speed_batch_sizes: bool = True) -> str:
     """How the training-step benchmarks built on this module (step_costs.py, step_breakdown.py,
     step_ablation.py) take a step, for their results files: as train_step_fn does, at CONFIGS' batch sizes
     unless the benchmark sets its own."""
-    batches = ", speed.py's batch sizes" if own_batch_sizes else ""
+    batches = ", speed.py's batch sizes" if speed_batch_sizes else ""
     return (
         f"Training step as in speed.py (autocast {DTYPE}, fused AdamW, a ready batch{batches}; "
         "freed memory kept for reuse as vitlab's commands do)"

@@ -98,10 +98,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
         fns[variant] = ablated_step(speed.train_step_fn(model, config, batch, False, speed.DTYPE), removed)
     for fn in fns.values():  # warm-up
         speed.timed(fn, 2)
-    times = speed.alternating_steps(fns, rounds, calls_per_turn=steps)
-    per_round = {
-        key: [statistics.median(s[r * steps : (r + 1) * steps]) for r in range(rounds)] for key, s in times.items()
-    }
+    per_round = speed.alternating_turn_medians(fns, rounds, calls_per_turn=steps)
     for variant, model in models.items():
         # A variant whose weights ran off to inf or NaN would time another arithmetic than the step's.
         if not all(torch.isfinite(p).all() for p in model.parameters()):

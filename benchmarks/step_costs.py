@@ -71,10 +71,7 @@ def bench_config(name: str, rounds: int, steps: int) -> dict:
     fns = step_fns(name, batches)
     for fn in fns.values():  # warm-up, and compilation
         speed.timed(fn, 2)
-    times = speed.alternating_steps(fns, rounds, calls_per_turn=steps)
-    per_round = {
-        key: [statistics.median(s[r * steps : (r + 1) * steps]) for r in range(rounds)] for key, s in times.items()
-    }
+    per_round = speed.alternating_turn_medians(fns, rounds, calls_per_turn=steps)
     result: dict = {"config": name, "batches": list(batches), "contenders": {}, "vs_peer": {}}
     round_lines = {}
     for contender in CONTENDERS:
@@ -130,7 +127,7 @@ def write_report(results: list[dict], quick: bool) -> None:
         *report_head(
             "Step costs: a training step's fixed and per-image parts, vitlab against Hugging Face", "step_costs.py"
         ),
-        f"- {speed.step_setup(own_batch_sizes=False)}; in each round every batch size in turn, its contenders' steps next to each other; "
+        f"- {speed.step_setup(speed_batch_sizes=False)}; in each round every batch size in turn, its contenders' steps next to each other; "
         "step times are medians over the rounds, each line fitted to them by least squares over the batch sizes. "
         "vitlab-compiled: one static torch.compile graph per batch size.",
         "",
