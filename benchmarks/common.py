@@ -136,11 +136,13 @@ def record(name: str, report: str, smoke_run: bool = False) -> None:
 
 def median_and_quartiles(ratios: list[float]) -> tuple[float, float, float]:
     """Median, first and third quartile of paired ratios (statistics.quantiles' default method; a single
-    ratio is all three), so that every benchmark's interquartile ranges are computed alike."""
+    ratio is all three), so that every benchmark's interquartile ranges are computed alike. That method
+    extrapolates from two ratios, past the smaller one and even below zero; a quartile is held within the
+    ratios measured."""
     if len(ratios) < 2:
         return ratios[0], ratios[0], ratios[0]
     low, _, high = statistics.quantiles(ratios, n=4)
-    return statistics.median(ratios), low, high
+    return statistics.median(ratios), max(low, min(ratios)), min(high, max(ratios))
 
 
 def ratio_with_quartiles(figures: tuple[float, float, float]) -> str:

@@ -167,6 +167,8 @@ def test_median_and_quartiles_of_paired_ratios():
     common = benchmark_module("common")
     assert common.median_and_quartiles([5.0, 1.0, 4.0, 2.0, 3.0]) == (3.0, 1.5, 4.5)
     assert common.median_and_quartiles([1.25]) == (1.25, 1.25, 1.25)
+    # From two ratios statistics.quantiles would give -0.375 and 2.475: no speed ratio is below zero.
+    assert common.median_and_quartiles([0.1, 2.0]) == (1.05, 0.1, 2.0)
 
 
 def test_the_machine_line_names_the_cpus_family_and_model_where_linux_lists_them(monkeypatch):
