@@ -163,6 +163,21 @@ def test_speed_inference_calls_run_under_autocast_only_when_given_a_dtype():
     assert "latency_in_turn_ms" not in speed.inference_summary(alone["a"])
 
 
+def test_speed_compares_like_with_like_compiled_rows_with_hugging_face_compiled():
+    speed = benchmark_module("speed")
+    speeds = {"vitlab": 10.0, "vitlab-compiled": 13.0, "hf-eager": 8.0, "hf-sdpa": 2.0, "hf-compiled": 9.0}
+    # Eager rows: the faster of Hugging Face's eager attention settings, even where compiled runs faster still.
+    assert speed.peer_of("vitlab", speeds) == "hf-eager"
+    assert speed.peer_of("hf-sdpa", speeds) == "hf-eager"
+    assert speed.peer_of("vitlab", {**speeds, "hf-sdpa": 8.5}) == "hf-sdpa"
+    assert speed.peer_of("vitlab-compiled", speeds) == "hf-compiled"
+    assert speed.peer_of("hf-compiled", speeds) == "hf-compiled"
+    # A peer left out of the run (it failed to build or compile) gives no ratio rather than another peer's.
+    assert speed.peer_of("vitlab-compiled", {"vitlab-compiled": 13.0, "hf-eager": 8.0}) is None
+    assert speed.peer_of("vitlab", {"vitlab": 10.0, "hf-compiled": 9.0}) is None
+    assert set(speed.COMPILED_CONTENDERS) <= set(speed.CONTENDERS)
+
+
 def test_median_and_quartiles_of_paired_ratios():
     common = benchmark_module("common")
     assert common.median_and_quartiles([5.0, 1.0, 4.0, 2.0, 3.0]) == (3.0, 1.5, 4.5)
