@@ -66,14 +66,14 @@ def machine_line(gpu: bool = False) -> str:
     return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {host}" if gpu else host
 
 
-def report_head(title: str, script: str) -> list[str]:
+def report_head(title: str, script: str, gpu: bool = False) -> list[str]:
     """A results file's first lines: its title, then the command that wrote it (benchmarks/SCRIPT with this
-    run's arguments), the machine with the threads PyTorch uses, and the date."""
+    run's arguments), the machine (its GPU with `gpu`) with the threads PyTorch uses, and the date."""
     return [
         f"# {title}",
         "",
         f"- Command: `{' '.join(['python', f'benchmarks/{script}', *sys.argv[1:]])}`",
-        f"- Machine: {machine_line()}, {torch.get_num_threads()} threads",
+        f"- Machine: {machine_line(gpu)}, {torch.get_num_threads()} threads",
         f"- Date: {today()}",
     ]
 

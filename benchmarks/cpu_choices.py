@@ -36,7 +36,7 @@ from unittest import mock
 import torch
 
 import speed
-from common import machine_line, median_and_quartiles, peak_rss_mb, record, today
+from common import median_and_quartiles, peak_rss_mb, record, report_head
 from vitlab.config import ModelConfig
 from vitlab.engine.runtime import autocast, reuse_freed_memory
 from vitlab.models.registry import model_config
@@ -316,11 +316,7 @@ def main() -> int:
     reuse_freed_memory(every_size=True)  # as every vitlab command; the allocator section's children choose their own
     rounds = 1 if args.quick else 5
     lines = [
-        "# CPU choices: each of vitlab's CPU settings against its alternative",
-        "",
-        f"- Command: `{' '.join(['python benchmarks/cpu_choices.py', *sys.argv[1:]])}`",
-        f"- Machine: {machine_line()}, 2 threads",
-        f"- Date: {today()}",
+        *report_head("CPU choices: each of vitlab's CPU settings against its alternative", "cpu_choices.py"),
         f"- Medians of {rounds} interleaved rounds; {'fp32' if speed.DTYPE is None else 'bf16 autocast'} as vitlab trains on this CPU;"
         " freed memory of every size kept for reuse as vitlab's commands keep it"
         " (`runtime.reuse_freed_memory(every_size=True)`) outside the allocator section.",

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import machine_line, record, today
+from common import record, report_head
 from vitlab.config import ModelConfig
 from vitlab.data.augment import random_affine
 from vitlab.data.tensors import to_model_input
@@ -695,7 +695,6 @@ def rate(images_per_second: float) -> str:
 
 def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Namespace) -> None:
     cuda = DEVICE.type == "cuda"
-    machine = machine_line(gpu=cuda)
     size = 8192 if cuda else 2048
     if cuda:
         precision = f"Training, batched inference and batch-1 latency under {DTYPE} autocast"
@@ -707,11 +706,11 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
     peak_name = "bf16" if peak_dtype() is torch.bfloat16 else "fp32"
     memory = "peak CUDA memory (MB)" if cuda else "peak RSS (MB)"
     lines = [
-        f"# Speed on {'CUDA' if cuda else 'CPU'}: vitlab against Hugging Face ViT, and against the machine",
-        "",
-        f"- Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`".rstrip() + "",
-        f"- Machine: {machine}, {torch.get_num_threads()} threads",
-        f"- Date: {today()}",
+        *report_head(
+            f"Speed on {'CUDA' if cuda else 'CPU'}: vitlab against Hugging Face ViT, and against the machine",
+            "speed.py",
+            gpu=cuda,
+        ),
         f"- {precision}; matrix-product peak at the start: fp32 {peaks['fp32']:,.0f} GFLOP/s ({size}^3), bf16 {peaks['bf16']:,.0f} GFLOP/s ({bf16_size}^3)",
         "- Contenders train in turn, one step each, model-only and with-data steps alike (order reversed every other step). The ratio pairs each step with the step of its Hugging Face peer taken next to it, like with like: for the eager rows the faster of Hugging Face's two attention settings (issue #4's ratio), for the compiled rows hf-compiled; MFU pairs each step with a "
         + peak_name
