@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import speed
 from common import median_and_quartiles, ratio_with_quartiles, record, report_head
+from vitlab.engine.runtime import autocast
 from vitlab.models import vit
 
 # Rounds (every variant in turn in each) and steps per turn.
@@ -76,7 +77,7 @@ def check_removal(model: torch.nn.Module, config, removed: tuple[str, ...]) -> N
     the variant would then time the unchanged step. The pooled features are compared, not the logits, which
     the zero-initialised head makes zero either way; with autograd on, as in the training step."""
     images = torch.randn(2, config.in_channels, config.img_size, config.img_size)
-    with torch.autocast("cpu", dtype=speed.DTYPE):
+    with autocast(speed.DEVICE, speed.DTYPE):  # fp32 where speed.DTYPE is None, as the step runs
         plain = model(images, return_intermediates=True)["pooled"]
         for kind in removed:
             with without((kind,)):
