@@ -384,10 +384,13 @@ def test_resume_of_a_finished_run_with_more_epochs(trained_run, tmp_path):
     assert (copy / "config.yaml").read_text() == config
     same = vitlab("train", "--resume", copy, "--no-report")
     assert "has finished: nothing left to train (--epochs above 2 trains on)" in same.stderr
+    # The recipe the run began with is in its config, so the resumed run and its report still name it.
+    assert "recipe: mnist" in config and "on mnist with the mnist recipe" in same.stderr
     assert "━" not in same.stderr  # no progress bar for no steps
     summary = json.loads(vitlab("train", "--resume", copy, "--epochs", 3, "--json").stdout)
     assert summary["epochs"] == 3
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 3
+    assert "mnist-tiny vit on mnist with the mnist recipe, 3 of 3 epochs" in (copy / "report.md").read_text()
 
 
 def _assert_clean_error(result, fragment):

@@ -123,15 +123,16 @@ def test_compare_trains_every_model_with_the_data_sets_recipe(tmp_path):
     for name in ("cat", "dog"):
         (tmp_path / "photos" / name).mkdir(parents=True)
     photos = str(tmp_path / "photos")
-    names, configs, recipe = resolve_compare_configs("cifar-tiny, resnet-small", dataset=photos, epochs=2)
-    assert recipe == "folder" and [c.preset for c in configs] == names == ["cifar-tiny", "resnet-small"]
+    names, configs = resolve_compare_configs("cifar-tiny, resnet-small", dataset=photos, epochs=2)
+    assert [c.recipe for c in configs] == ["folder"] * 2
+    assert [c.preset for c in configs] == names == ["cifar-tiny", "resnet-small"]
     for config in configs:  # mirrored and cropped as photos are, not rotated as digits are
         assert config.data.hflip and not config.data.affine and config.data.crop_padding == 4
         assert config.train.label_smoothing == 0.1 and config.train.epochs == 2
     assert configs[0].model.stem == "patch"  # each preset as it is: the recipe's model section is not taken
-    _, digits, recipe = resolve_compare_configs("mnist-tiny,resnet-small", dataset=photos, recipe="mnist", epochs=1)
-    assert recipe == "mnist" and all(c.data.affine and not c.data.hflip for c in digits)
-    _, timed, _ = resolve_compare_configs("mnist-tiny,resnet-small", dataset="mnist", time_budget="90s")
+    _, digits = resolve_compare_configs("mnist-tiny,resnet-small", dataset=photos, recipe="mnist", epochs=1)
+    assert all(c.recipe == "mnist" and c.data.affine and not c.data.hflip for c in digits)
+    _, timed = resolve_compare_configs("mnist-tiny,resnet-small", dataset="mnist", time_budget="90s")
     assert all(c.train.time_budget == 90 for c in timed)
     with pytest.raises(ConfigError, match="exactly one of --time-budget or --epochs"):
         resolve_compare_configs("mnist-tiny,resnet-small", dataset="mnist")

@@ -107,10 +107,10 @@ def test_the_readme_shows_whole_commands_of_several_kinds():
 def test_each_concrete_readme_command_parses_and_its_settings_resolve(argv):
     args = cli.parse_command_line(argv)
     if args.command == "train" and not args.resume:
-        config, _, _ = cli._new_run_config(args)
+        config, _ = cli._new_run_config(args)
         assert config.train.epochs >= 1
     elif args.command == "compare":
-        names, configs, _ = cli.compare_run_configs(args)
+        names, configs = cli.compare_run_configs(args)
         assert len(configs) == len(names) >= 2
     elif args.command == "info":
         assert cli.main(argv) == 0

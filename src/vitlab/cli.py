@@ -22,12 +22,10 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 
 # ----- train -------------------------------------------------------------------------------------
-def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str, str | None]:
-    """The resolved config of a new `train`/`finetune` run, a label for its default folder name and the
-    shipped recipe it started from (if any)."""
+def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    """The resolved config of a new `train`/`finetune` run and a label for its default folder name."""
     from vitlab.recipes import recipe_for, resolve_run_config
 
-    recipe = None
     if args.command == "finetune":
         from vitlab.recipes import resolve_finetune_config
 
@@ -57,7 +55,7 @@ def _new_run_config(args: argparse.Namespace) -> tuple[RunConfig, str, str | Non
             overrides=args.overrides,
         )
         label = Path(config.data.dataset).name
-    return config, label, recipe
+    return config, label
 
 
 def _default_run_dir(label: str) -> Path:
@@ -66,6 +64,7 @@ def _default_run_dir(label: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vitlab.config import with_recipe
     from vitlab.engine.distributed import end_process, init_process_group, shutdown, world_from_environment
     from vitlab.engine.runtime import precision_name, resolve_device
     from vitlab.engine.train import start_new_run, trainer_for_resume
@@ -79,9 +78,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch_processes(args)
     if args.resume:
         run_dir = Path(args.resume)
-        trainer, recipe = trainer_for_resume(run_dir, epochs=args.epochs), None
+        trainer = trainer_for_resume(run_dir, epochs=args.epochs)
     else:
-        config, label, recipe = _new_run_config(args)
+        config, label = _new_run_config(args)
         run_dir = Path(args.out) if args.out else _default_run_dir(label)
         init_process_group(world, resolve_device(config.train.device).type)
         trainer = start_new_run(config, run_dir)
@@ -96,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world.size > 1:
             workers = f"{world.size} processes x {workers}"
         length = f"{cfg.train.time_budget:.0f} s" if cfg.train.time_budget else counted(cfg.train.epochs, "epoch")
-        trained_on = cfg.data.dataset + _with_recipe(recipe)
+        trained_on = cfg.data.dataset + with_recipe(cfg.recipe)
         print(
             f"training {cfg.preset or 'custom'} {model.arch} ({shape}) on {trained_on} "
             f"({len(trainer.train_set)} train / {len(trainer.test_set)} test images) for {length}; "
@@ -211,7 +210,7 @@ def launch_processes(args: argparse.Namespace) -> int:
     if args.resume:
         saved_config_path(Path(args.resume))
     else:
-        config, label, _ = _new_run_config(args)
+        config, label = _new_run_config(args)
         if args.out:
             check_new_run_dir(Path(args.out))
         check_a_gpu_each(args.nproc, resolve_device(config.train.device).type)
@@ -603,14 +602,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_recipe(recipe: str | None) -> str:
-    """' with the NAME recipe' for the lines and titles that say what a run trained on ('' without one)."""
-    return f" with the {recipe} recipe" if recipe else ""
-
-
 # ----- compare ----------------------------------------------------------------------------------
-def compare_run_configs(args: argparse.Namespace) -> tuple[list[str], list[RunConfig], str | None]:
-    """The presets of a `compare` command, their resolved configs and the shipped recipe they share."""
+def compare_run_configs(args: argparse.Namespace) -> tuple[list[str], list[RunConfig]]:
+    """The presets of a `compare` command and their resolved configs (config.recipe: the recipe they share)."""
     from vitlab.recipes import resolve_compare_configs
 
     return resolve_compare_configs(
@@ -625,13 +619,14 @@ def compare_run_configs(args: argparse.Namespace) -> tuple[list[str], list[RunCo
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from vitlab.config import with_recipe
     from vitlab.engine.compare import continues_run, run_contender
     from vitlab.engine.train import check_new_run_dir
     from vitlab.interrupts import stopped_by_ctrl_c
     from vitlab.report.compare import write_comparison
     from vitlab.report.run_report import build_report
 
-    names, configs, recipe = compare_run_configs(args)
+    names, configs = compare_run_configs(args)
     label = Path(configs[0].data.dataset).name
     out = Path(args.out) if args.out else Path("runs") / time.strftime(f"compare-{label}-%Y%m%d-%H%M%S")
     run_dirs = [out / name.replace("/", "-") for name in names]
@@ -667,7 +662,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    paths = write_comparison(results, out, f"{' vs '.join(names)} on {label}{_with_recipe(recipe)}")
+    paths = write_comparison(results, out, f"{' vs '.join(names)} on {label}{with_recipe(configs[0].recipe)}")
     if args.json:
         _print_json(
             {

@@ -240,6 +240,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = ""
+    recipe: str = ""  # the shipped recipe the run started from ('' for none): said again when it resumes
 
     def validate(self) -> RunConfig:
         """Validate every section and return self."""
@@ -265,7 +266,7 @@ class RunConfig:
         """Build from a nested dict, refusing unknown sections or keys."""
         if not isinstance(raw, dict):
             raise ConfigError("a config must be a mapping with sections model, data and train")
-        unknown = set(raw) - {"model", "data", "train", "preset"}
+        unknown = set(raw) - {"model", "data", "train", "preset", "recipe"}
         if unknown:
             raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; use model, data, train")
         return cls(
@@ -273,7 +274,13 @@ class RunConfig:
             data=section_from_dict(DataConfig, raw.get("data") or {}, "data"),
             train=section_from_dict(TrainConfig, raw.get("train") or {}, "train"),
             preset=str(raw.get("preset") or ""),
+            recipe=str(raw.get("recipe") or ""),
         )
+
+
+def with_recipe(recipe: str) -> str:
+    """' with the NAME recipe' for the lines and titles that say what a run trained on ('' without one)."""
+    return f" with the {recipe} recipe" if recipe else ""
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

@@ -69,7 +69,7 @@ def resolve_run_config(
     # The preset fixes the architecture; the data set fixes what goes in and comes out.
     base = model_config(name, in_channels=channels, num_classes=classes)
     merged = {"model": dataclasses.asdict(base) | raw.get("model", {})}
-    config = RunConfig.from_dict({**raw, **merged, "preset": name})
+    config = RunConfig.from_dict({**raw, **merged, "preset": name, "recipe": recipe or ""})
     config.data.dataset = data_name
     return _finish(config, epochs, time_budget, seed, overrides)
 
@@ -83,8 +83,8 @@ def resolve_compare_configs(
     time_budget: str | None = None,
     seed: int | None = None,
     overrides: list[str] | None = None,
-) -> tuple[list[str], list[RunConfig], str | None]:
-    """The presets `compare` trains (`models`: "a,b,..."), their configs and the shipped recipe they share.
+) -> tuple[list[str], list[RunConfig]]:
+    """The presets `compare` trains (`models`: "a,b,...") and their configs, which share one shipped recipe.
 
     Every model trains with the data set's recipe (its augmentation and schedule) unless given another, as
     `train` would, and every config is resolved before any training, so a typo fails fast.
@@ -110,7 +110,7 @@ def resolve_compare_configs(
         )
         for name in names
     ]
-    return names, configs, recipe
+    return names, configs
 
 
 def _finish(

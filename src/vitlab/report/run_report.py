@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitlab.config import RunConfig, load_run_config
+from vitlab.config import RunConfig, load_run_config, with_recipe
 from vitlab.data.datasets import open_dataset
 from vitlab.data.sources import ImageDataset, evenly_spread
 from vitlab.data.tensors import num_batches, to_model_input
@@ -173,7 +173,7 @@ def build_report(run_dir: str | Path) -> Path:
     lines = [
         f"# Training report: {run_dir.name}",
         "",
-        f"{config.preset or 'custom'} {config.model.arch} on {config.data.dataset}, {length}, "
+        f"{config.preset or 'custom'} {config.model.arch} on {config.data.dataset}{with_recipe(config.recipe)}, {length}, "
         f"{total_seconds:.0f} s of training and evaluation.",
         "",
         "| figure | value |",
