@@ -17,7 +17,7 @@ repeated (median and spread):
     the same alternation: their share of the step, and the MFU a step would reach if nothing
     else took time (a ceiling set by the matrix-product kernels at these shapes).
 
-    python benchmarks/speed.py [--quick] [--configs mnist,w192,s16] [--device cuda]
+    python benchmarks/speed.py [--quick] [--configs mnist,w192,s16] [--device cuda] [--rounds N] [--out FILE]
 
 Hugging Face runs with both attention settings (eager and SDPA), and through torch.compile; the
 ratio is taken like with like: eager rows against the faster eager setting, compiled rows against
@@ -624,7 +624,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one round, two steps: a smoke run")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--rounds", type=int, help="rounds per configuration instead of REPEATS' (a longer run: tighter medians)"
+    )
+    parser.add_argument("--out", help="results file name (default speed.md, speed_cuda.md on CUDA)")
     args = parser.parse_args()
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     use_device(args.device)
     reuse_freed_memory(every_size=True)  # as every vitlab command; the Hugging Face rows share the process and it
     emulated_size = emulated_bf16_peak_size()
@@ -636,6 +642,7 @@ def main() -> int:
     results = []
     for name in args.configs.split(","):
         rounds, steps = (1, 2) if args.quick else REPEATS[name]
+        rounds = args.rounds or rounds
         res = bench_config(name, rounds, steps)
         if not args.no_memory:
             for c in res["contenders"]:
@@ -810,7 +817,7 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
     for res in results:
         for c, reason in res.get("left_out", {}).items():
             lines.append(f"\n{res['config']}: {c} left out, it failed: `{reason}`")
-    record("speed_cuda.md" if cuda else "speed.md", "\n".join(lines), smoke_run=args.quick)
+    record(args.out or ("speed_cuda.md" if cuda else "speed.md"), "\n".join(lines), smoke_run=args.quick)
 
 
 if __name__ == "__main__":
