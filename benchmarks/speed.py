@@ -747,11 +747,12 @@ def write_report(results: list[dict], peaks: dict[str, float], args: argparse.Na
             ratio = v["ratio_vs_peer"]
             ratio_text = f"{ratio['median']:.2f}x ±{ratio['spread']:.0%}" if ratio else "n/a"
             in_turn = f"{v['latency_in_turn_ms']['median']:.2f}" if "latency_in_turn_ms" in v else "n/a"
+            memory_text = f"{v['peak_memory_mb']:,.0f}" if "peak_memory_mb" in v else "not measured (--no-memory)"
             lines.append(
                 f"| {res['config']} (batch {res['batch']}) | {c} | {rate(tm['median'])} ±{tm['spread']:.0%} | {rate(td['median'])} ±{td['spread']:.0%} "
                 f"| {data_cost:.0%} | {ratio_text} | {v['mfu']['median']:.0%} | {rate(v['infer_throughput']['median'])} ({res['infer_batch']}) "
                 f"| {v['latency_ms']['median']:.2f} / {v['latency_ms']['p99']:.2f} | {in_turn} "
-                f"| {v.get('peak_memory_mb', float('nan')):,.0f} |"
+                f"| {memory_text} |"
             )
     exported_rows = [(res, runner, figures) for res in results for runner, figures in res.get("exported", {}).items()]
     if exported_rows:
