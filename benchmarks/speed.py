@@ -622,7 +622,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="mnist,w192,s16")
     parser.add_argument("--quick", action="store_true", help="one round, two steps: a smoke run")
-    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a subprocess per contender)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--rounds", type=int, help="rounds per configuration instead of REPEATS' (a longer run: tighter medians)"
